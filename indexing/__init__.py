@@ -1,0 +1,1 @@
+"""retr indexing side: ingest → decode → embed → shard → FAISS index build."""

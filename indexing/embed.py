@@ -1,0 +1,264 @@
+"""Embed: items → unit-norm image (and caption) vectors in resumable chunk files.
+
+The runner is handed the items, an encoder and a writer-side folder, and processes chunks of
+`chunk_size` items. A chunk is the unit of resumption: its files are written atomically and its
+metadata Parquet is written last, so a chunk either exists completely or is redone. Item i of
+the source always lands in chunk i // chunk_size with id start_id + i, so a killed job rerun
+with the same command ends with every item exactly once.
+
+Decoding and preprocessing run in DataLoader workers, overlapping the model in the main process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm import tqdm
+
+from indexing.atomic import remove_stale_temps, write_json, write_npy, write_parquet
+from indexing.decode import DecodeError, DecodeLimits, decode_image
+from indexing.sources import Item, read_item_bytes, source_fingerprint
+from indexing.store import REJECT_SCHEMA, chunk_paths, item_table, read_job
+from retrieval.encoders.base import Encoder, ImagePreprocess
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    batch_size: int = 64
+    num_workers: int = 2  # decode/preprocess processes; 0 decodes in the main process
+    chunk_size: int = 2048  # items per chunk file = the unit of resumption
+    storage_dtype: str = "float16"  # float16 halves disk and RAM; cosine error ~1e-3
+    precision: str = "fp32"  # fp16/bf16 autocast on CUDA only
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+
+    def __post_init__(self) -> None:
+        if self.storage_dtype not in ("float16", "float32"):
+            raise ValueError(f"storage dtype must be float16 or float32, got {self.storage_dtype!r}")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
+        if self.batch_size < 1 or self.chunk_size < 1 or self.num_workers < 0:
+            raise ValueError("batch_size and chunk_size must be >= 1 and num_workers >= 0")
+
+
+@dataclass(frozen=True)
+class EmbedSummary:
+    n_items: int
+    n_embedded: int  # images embedded by this run (resumed chunks not counted)
+    n_rejected: int  # rejects written by this run
+    n_chunks: int
+    n_chunks_resumed: int  # chunks found complete on disk and skipped
+    seconds: float
+
+
+@dataclass
+class _Loaded:
+    index: int
+    pixels: torch.Tensor | None
+    sha256: str = ""
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass
+class _Batch:
+    indices: list[int]  # positions in the item list, in order
+    ok: list[_Loaded]
+    rejected: list[_Loaded]
+    pixels: torch.Tensor | None  # (B_ok, 3, H, W)
+
+
+class _DecodeDataset(torch.utils.data.Dataset):
+    def __init__(self, items: Sequence[Item], preprocess: ImagePreprocess, limits: DecodeLimits) -> None:
+        self.items, self.preprocess, self.limits = items, preprocess, limits
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> _Loaded:
+        item = self.items[i]
+        try:
+            data = read_item_bytes(item)
+        except OSError as e:
+            return _Loaded(i, None, reason="unreadable", message=str(e))
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            dec = decode_image(data, name=item.path, limits=self.limits)
+            pixels = self.preprocess(dec.image)
+        except DecodeError as e:
+            return _Loaded(i, None, sha256=sha, reason=e.reason, message=str(e))
+        return _Loaded(i, pixels, sha256=sha, width=dec.width, height=dec.height, format=dec.format)
+
+
+def _worker_init(_: int) -> None:
+    # Decode workers do PIL/numpy work; one torch thread each leaves the cores to the model.
+    torch.set_num_threads(1)
+
+
+def _collate(loaded: list[_Loaded]) -> _Batch:
+    ok = [x for x in loaded if x.pixels is not None]
+    rejected = [x for x in loaded if x.pixels is None]
+    pixels = torch.stack([x.pixels for x in ok]) if ok else None
+    for x in ok:
+        x.pixels = None  # the stacked tensor carries them; keep the rest light to pickle
+    return _Batch([x.index for x in loaded], ok, rejected, pixels)
+
+
+def _batches(pending_chunks: Sequence[int], n: int, chunk_size: int, batch_size: int) -> list[list[int]]:
+    """Batches of item positions that never cross a chunk boundary."""
+    out = []
+    for c in pending_chunks:
+        lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
+        out.extend(list(range(s, min(hi, s + batch_size))) for s in range(lo, hi, batch_size))
+    return out
+
+
+def _autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32" or not device.startswith("cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+
+
+def job_params(encoder: Encoder, items: Sequence[Item], config: EmbedConfig, start_id: int) -> dict:
+    return {
+        "model": encoder.name,
+        "dim": encoder.dim,
+        "n_items": len(items),
+        "fingerprint": source_fingerprint(items),
+        "start_id": start_id,
+        "chunk_size": config.chunk_size,
+        "storage_dtype": config.storage_dtype,
+        "limits": asdict(config.limits),
+    }
+
+
+def _check_or_write_job(folder: Path, params: dict) -> None:
+    params = json.loads(json.dumps(params))  # compare as stored: tuples come back from JSON as lists
+    existing = read_job(folder)
+    if existing is None:
+        write_json(folder / "job.json", params)
+        return
+    diff = {k: (existing.get(k), v) for k, v in params.items() if existing.get(k) != v}
+    if diff:
+        desc = "; ".join(f"{k}: on disk {a!r}, now {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"{folder} holds an embedding job with different parameters ({desc}). "
+            "Use another --out folder, or delete this one to start over."
+        )
+
+
+def embed_items(
+    items: Sequence[Item],
+    folder: Path,
+    encoder: Encoder,
+    config: EmbedConfig = EmbedConfig(),
+    *,
+    start_id: int = 0,
+    progress: bool = True,
+) -> EmbedSummary:
+    """Embed `items` into chunk files under `folder`, resuming whatever a previous run finished."""
+    t0 = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(folder)
+    _check_or_write_job(folder, job_params(encoder, items, config, start_id))
+    n, cs = len(items), config.chunk_size
+    n_chunks = (n + cs - 1) // cs
+    pending = [c for c in range(n_chunks) if not chunk_paths(folder, c).meta.exists()]
+    loader = torch.utils.data.DataLoader(
+        _DecodeDataset(items, encoder.preprocess, config.limits),
+        batch_sampler=_batches(pending, n, cs, config.batch_size),
+        num_workers=config.num_workers,
+        collate_fn=_collate,
+        worker_init_fn=_worker_init,
+        persistent_workers=False,
+    )
+    n_pending_items = sum(min(n, (c + 1) * cs) - c * cs for c in pending)
+    n_embedded = n_rejected = 0
+    bar = tqdm(total=n_pending_items, unit="img", desc="embed", disable=not progress, smoothing=0.1)
+    with bar:
+        for chunk, batches in _group_by_chunk(loader, cs):
+            rows = _embed_chunk(batches, items, encoder, config)
+            _write_chunk(folder, chunk, rows, items, start_id, config)
+            n_embedded += len(rows.ok)
+            n_rejected += len(rows.rejected)
+            bar.update(len(rows.ok) + len(rows.rejected))
+    return EmbedSummary(n, n_embedded, n_rejected, n_chunks, n_chunks - len(pending), time.perf_counter() - t0)
+
+
+def _group_by_chunk(loader: Iterator[_Batch], chunk_size: int) -> Iterator[tuple[int, list[_Batch]]]:
+    current, buf = None, []
+    for batch in loader:
+        c = batch.indices[0] // chunk_size
+        if current is not None and c != current:
+            yield current, buf
+            buf = []
+        current = c
+        buf.append(batch)
+    if current is not None:
+        yield current, buf
+
+
+@dataclass
+class _ChunkRows:
+    ok: list[_Loaded]
+    rejected: list[_Loaded]
+    image_vectors: np.ndarray
+    text_vectors: np.ndarray
+
+
+def _embed_chunk(batches: list[_Batch], items: Sequence[Item], encoder: Encoder, config: EmbedConfig) -> _ChunkRows:
+    ok, rejected, img, txt = [], [], [], []
+    device = encoder.device
+    for b in batches:
+        rejected.extend(b.rejected)
+        if not b.ok:
+            continue
+        ok.extend(b.ok)
+        with torch.inference_mode(), _autocast(device, config.precision):
+            img.append(encoder.encode_pixels(b.pixels.to(device, non_blocking=True)))
+            txt.append(_encode_captions(encoder, [items[x.index].caption for x in b.ok]))
+    dim = encoder.dim
+    image_vectors = np.concatenate(img) if img else np.zeros((0, dim), np.float32)
+    text_vectors = np.concatenate(txt) if txt else np.zeros((0, dim), np.float32)
+    return _ChunkRows(ok, rejected, image_vectors, text_vectors)
+
+
+def _encode_captions(encoder: Encoder, captions: list[str | None]) -> np.ndarray:
+    """Caption vectors aligned with the batch; zero rows where an item has no caption."""
+    out = np.zeros((len(captions), encoder.dim), np.float32)
+    with_text = [i for i, c in enumerate(captions) if c]
+    if with_text:
+        out[with_text] = encoder.encode_texts([captions[i] for i in with_text])
+    return out
+
+
+def _write_chunk(
+    folder: Path, chunk: int, rows: _ChunkRows, items: Sequence[Item], start_id: int, config: EmbedConfig
+) -> None:
+    paths = chunk_paths(folder, chunk)
+    dtype = np.float16 if config.storage_dtype == "float16" else np.float32
+    write_npy(paths.image, rows.image_vectors.astype(dtype))
+    write_npy(paths.text, rows.text_vectors.astype(dtype))
+    rejects = pa.table(
+        {
+            "path": [items[x.index].path for x in rows.rejected],
+            "reason": [x.reason for x in rows.rejected],
+            "message": [x.message for x in rows.rejected],
+            "sha256": [x.sha256 for x in rows.rejected],
+        },
+        schema=REJECT_SCHEMA,
+    )
+    write_parquet(paths.rejects, rejects)
+    # The metadata file is the chunk's commit marker: written last.
+    write_parquet(paths.meta, item_table(rows.ok, items, start_id, chunk))

@@ -1,0 +1,29 @@
+"""SOURCE argument → items: a path/glob is read directly; a data_manifests/ name is fetched first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from indexing.cache import cache_dir, manifest_dir
+from indexing.sources import Item, ManifestColumns, list_items
+
+
+def corpus_names() -> list[str]:
+    from indexing.corpora import list_corpora
+
+    return [c.name for c in list_corpora(manifest_dir())]
+
+
+def resolve_items(source: str, columns: ManifestColumns = ManifestColumns(), *, progress: bool = True) -> list[Item]:
+    """Items of SOURCE; a registry corpus name (e.g. `emoji-google`) is fetched into the cache."""
+    looks_like_path = Path(source).exists() or any(ch in source for ch in "*?[/") or source.endswith(".tar")
+    if not looks_like_path and source in corpus_names():
+        from indexing.corpora import fetch_corpus
+
+        result = fetch_corpus(source, cache_dir=cache_dir(), manifest_dir=manifest_dir(), progress=progress)
+        return list_items(str(result.manifest_path))
+    if not looks_like_path:
+        raise ValueError(
+            f"{source!r} is neither an existing path nor a known corpus. Known corpora: {', '.join(corpus_names())}"
+        )
+    return list_items(source, columns=columns)

@@ -1,0 +1,1 @@
+"""retr retrieval side: encoders (dual-encoder towers) and search over built indexes."""

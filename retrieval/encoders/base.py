@@ -1,0 +1,80 @@
+"""The one interface every dual encoder in retr implements, and its image preprocessing.
+
+Preprocessing is a small frozen dataclass (picklable) so DataLoader workers can decode and
+normalise images in parallel while the main process runs the model (`encode_pixels`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    size: int = 224  # square side fed to the image tower
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # "center_crop": resize shortest side to `size` then centre-crop (CLIP/DINOv2 eval);
+    # "squash": resize to size×size ignoring aspect (keeps the whole icon in view).
+    mode: str = "center_crop"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("center_crop", "squash"):
+            raise ValueError(f"ImagePreprocess.mode must be 'center_crop' or 'squash', got {self.mode!r}")
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """RGB PIL image -> (3, size, size) float32 tensor, normalised."""
+        image = image.convert("RGB")
+        if self.mode == "squash":
+            image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
+        else:
+            w, h = image.size
+            scale = self.size / min(w, h)
+            nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+            image = image.resize((nw, nh), Image.Resampling.BICUBIC)
+            left, top = (nw - self.size) // 2, (nh - self.size) // 2
+            image = image.crop((left, top, left + self.size, top + self.size))
+        x = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Row-normalise to unit length (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+class Encoder(abc.ABC):
+    """A dual encoder: images and texts into one space, unit-norm float32 rows.
+
+    Subclasses set `name` (the registry spec that loads them), `dim` and `preprocess`, and
+    implement `encode_pixels` and `encode_texts`.
+    """
+
+    name: str
+    dim: int
+    preprocess: ImagePreprocess
+    device: str = "cpu"
+
+    @abc.abstractmethod
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """(B, 3, H, W) preprocessed batch -> (B, dim) unit-norm float32."""
+
+    @abc.abstractmethod
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """B strings -> (B, dim) unit-norm float32."""
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """B PIL images -> (B, dim) unit-norm float32."""
+        if len(images) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        pixels = torch.stack([self.preprocess(im) for im in images])
+        return self.encode_pixels(pixels)

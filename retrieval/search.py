@@ -1,0 +1,229 @@
+"""Search a built index: text→image, image→image, image→text, with metadata filters.
+
+    idx = open_index("out/emoji")
+    hits = idx.search(text="a red heart", k=5, where="split = 'test'")
+
+Shards are searched one by one and their top-k merged (ids are global). A `where` filter first
+selects matching ids in DuckDB; small selections are searched exactly over their stored
+vectors, large ones through a faiss IDSelector, and any query that comes back short of
+min(k, matches) is redone exactly — a filter never returns fewer than k when k items match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from indexing.decode import DecodeError, decode_image
+from indexing.faiss_build import read_index
+from indexing.manifest import IndexManifest, VectorIndexInfo, read_manifest
+from indexing.metadata import MetadataStore
+from indexing.store import gather_vectors
+from indexing.tune import apply_search_param
+from retrieval.encoders.base import Encoder
+
+EXACT_FILTER_CUTOFF = 50_000  # below this many matches, brute force over stored vectors is cheaper and exact
+
+
+@dataclass(frozen=True)
+class Query:
+    text: str | None = None
+    image: str | None = None  # path to an image file
+    image_id: int | None = None  # an indexed item's id
+
+    def __post_init__(self) -> None:
+        given = [x is not None for x in (self.text, self.image, self.image_id)]
+        if sum(given) != 1:
+            raise ValueError("a query needs exactly one of text, image or image_id")
+        if self.text is not None and not self.text.strip():
+            raise ValueError("text query is empty")
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int
+    score: float
+    path: str
+    caption: str | None
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    query: Query
+    results: list[Hit]
+
+    def to_json(self) -> dict:
+        """The stable JSON contract: {"query": {...}, "results": [{"id","score","path","caption"}]}."""
+        return {"query": self.query.to_json(), "results": [asdict(h) for h in self.results]}
+
+
+class _Collection:
+    """The shards of one vector collection (image vectors or caption vectors)."""
+
+    def __init__(self, index_dir: Path, info: VectorIndexInfo, kind: str) -> None:
+        self.info, self.kind = info, kind
+        self.shards = [read_index(index_dir / s.file) for s in info.shards]
+        for s in self.shards:
+            apply_search_param(s, info.search_param, info.search_value)
+
+    def params(self, sel: faiss.IDSelector | None) -> faiss.SearchParameters | None:
+        if sel is None:
+            return None
+        if self.info.search_param == "nprobe":
+            p = faiss.SearchParametersIVF()
+            p.nprobe = int(self.info.search_value)
+        elif self.info.search_param == "efSearch":
+            p = faiss.SearchParametersHNSW()
+            p.efSearch = int(self.info.search_value)
+        else:
+            p = faiss.SearchParameters()
+        p.sel = sel
+        return p
+
+    def search(self, xq: np.ndarray, k: int, sel: faiss.IDSelector | None = None) -> tuple[np.ndarray, np.ndarray]:
+        params = self.params(sel)
+        results = [s.search(xq, k, params=params) for s in self.shards if s.ntotal]
+        return merge_topk(results, k)
+
+
+def merge_topk(results: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard (D, I) results (inner product: larger is better) into one top-k."""
+    D = np.concatenate([r[0] for r in results], axis=1)
+    I = np.concatenate([r[1] for r in results], axis=1)
+    D = np.where(I < 0, -np.inf, D)
+    order = np.argsort(-D, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(D, order, axis=1), np.take_along_axis(I, order, axis=1)
+
+
+class RetrievalIndex:
+    def __init__(self, index_dir: Path, encoder_factory: Callable[[str], Encoder] | None = None) -> None:
+        self.dir = Path(index_dir)
+        self.manifest: IndexManifest = read_manifest(self.dir)
+        self.meta = MetadataStore(self.dir / "metadata.duckdb")
+        self._collections = {"image": _Collection(self.dir, self.manifest.image, "image")}
+        if self.manifest.text is not None:
+            self._collections["text"] = _Collection(self.dir, self.manifest.text, "text")
+        self._encoder_factory = encoder_factory
+        self._encoder: Encoder | None = None
+
+    @property
+    def encoder(self) -> Encoder:
+        """The index's model, loaded on first use (image_id queries never need it)."""
+        if self._encoder is None:
+            if self._encoder_factory is None:
+                from retrieval.encoders import load_encoder
+
+                self._encoder = load_encoder(self.manifest.model)
+            else:
+                self._encoder = self._encoder_factory(self.manifest.model)
+        return self._encoder
+
+    def close(self) -> None:
+        self.meta.close()
+
+    def search(
+        self,
+        *,
+        text: str | None = None,
+        image: str | None = None,
+        image_id: int | None = None,
+        k: int = 10,
+        where: str | None = None,
+        target: str = "image",
+    ) -> SearchResult:
+        return self.search_batch([Query(text, image, image_id)], k=k, where=where, target=target)[0]
+
+    def search_batch(
+        self, queries: Sequence[Query], *, k: int = 10, where: str | None = None, target: str = "image"
+    ) -> list[SearchResult]:
+        """target="image" finds images; target="text" finds captions (image→text)."""
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        if target not in self._collections:
+            raise ValueError(f"this index has no {target!r} collection (available: {sorted(self._collections)})")
+        xq = self.embed_queries(queries)
+        D, I = self.search_vectors(xq, k, where=where, target=target)
+        rows = self.meta.rows(np.unique(I[I >= 0]).tolist())
+        out = []
+        for q, d, i in zip(queries, D, I, strict=True):
+            hits = [
+                Hit(int(x), float(s), rows[int(x)]["path"], rows[int(x)]["caption"])
+                for s, x in zip(d, i, strict=True)
+                if x >= 0
+            ]
+            out.append(SearchResult(q, hits))
+        return out
+
+    def embed_queries(self, queries: Sequence[Query]) -> np.ndarray:
+        xq = np.zeros((len(queries), self.manifest.dim), np.float32)
+        texts = [(i, q.text) for i, q in enumerate(queries) if q.text is not None]
+        if texts:
+            xq[[i for i, _ in texts]] = self.encoder.encode_texts([t for _, t in texts])
+        for i, q in enumerate(queries):
+            if q.image is not None:
+                xq[i] = self.encoder.encode_images([_load_query_image(q.image)])[0]
+            elif q.image_id is not None:
+                xq[i] = self.stored_vectors(np.asarray([q.image_id]), "image")[0]
+        return xq
+
+    def stored_vectors(self, ids: np.ndarray, kind: str = "image") -> np.ndarray:
+        loc = self.meta.locate(ids)
+        missing = set(np.asarray(ids).tolist()) - set(loc.ids.tolist())
+        if missing:
+            raise ValueError(f"no indexed item with id {sorted(missing)[:5]}")
+        return gather_vectors(self.dir / "embeddings", loc.segment, loc.chunk, loc.row, kind)
+
+    def search_vectors(
+        self, xq: np.ndarray, k: int, *, where: str | None = None, target: str = "image"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        coll = self._collections[target]
+        if where is None:
+            return coll.search(xq, k)
+        allowed = self.meta.filter_ids(where)
+        if target == "text":
+            allowed = allowed[np.isin(allowed, self._text_ids())]
+        if len(allowed) <= EXACT_FILTER_CUTOFF:
+            return self._exact(xq, k, allowed, coll.kind)
+        D, I = coll.search(xq, k, faiss.IDSelectorBatch(allowed))
+        short = np.flatnonzero((I >= 0).sum(axis=1) < min(k, len(allowed)))
+        if len(short):
+            D[short], I[short] = self._exact(xq[short], k, allowed, coll.kind)
+        return D, I
+
+    def _text_ids(self) -> np.ndarray:
+        return self.meta.filter_ids("caption IS NOT NULL AND length(caption) > 0")
+
+    def _exact(self, xq: np.ndarray, k: int, allowed: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        D = np.full((len(xq), k), -np.inf, np.float32)
+        I = np.full((len(xq), k), -1, np.int64)
+        if len(allowed) == 0:
+            return D, I
+        loc = self.meta.locate(allowed)
+        xb = gather_vectors(self.dir / "embeddings", loc.segment, loc.chunk, loc.row, kind)
+        kk = min(k, len(xb))
+        Dk, Ik = faiss.knn(np.ascontiguousarray(xq, np.float32), xb, kk, metric=faiss.METRIC_INNER_PRODUCT)
+        D[:, :kk], I[:, :kk] = Dk, loc.ids[Ik]
+        return D, I
+
+
+def _load_query_image(path: str):
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read query image {path}: {e}") from e
+    try:
+        return decode_image(data, name=path).image
+    except DecodeError as e:
+        raise ValueError(f"cannot decode query image {path}: {e}") from e
+
+
+def open_index(path: str | Path, encoder_factory: Callable[[str], Encoder] | None = None) -> RetrievalIndex:
+    """Open an index folder written by `retr index build`."""
+    return RetrievalIndex(Path(path), encoder_factory)
