@@ -61,6 +61,9 @@ def load_encoder(spec: str, device: str = "cpu") -> Encoder:
         if not torch.cuda.is_available():
             raise ValueError("device 'cuda' asked for, but torch sees no GPU; use --device cpu")
     family, rest = parse_spec(spec)
+    from retrieval.encoders.torchvision_compat import allow_torchvision_without_ops
+
+    allow_torchvision_without_ops()  # before any family imports transformers / open_clip
     encoder = _family(family).load(rest, device)
     if encoder.name != spec:
         raise RuntimeError(f"encoder loaded for {spec!r} calls itself {encoder.name!r}")  # registry bug

@@ -1,0 +1,65 @@
+"""retr:imagenet-bridge on real photos (scikit-image's sample images): known objects rank first."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from app import cli
+from retrieval.encoders import list_models, load_encoder
+
+PHOTOS = ("chelsea", "coffee", "rocket", "horse", "astronaut", "camera", "brick", "moon")
+# query -> the photo that must rank first among PHOTOS (objects ImageNet names)
+KNOWN = {"a cat": "chelsea", "a cup of coffee": "coffee", "a rocket": "rocket", "a horse": "horse"}
+
+
+def _photos() -> list[Image.Image]:
+    import skimage.data
+
+    out = []
+    for name in PHOTOS:
+        a = getattr(skimage.data, name)()
+        if a.dtype != np.uint8:  # horse is boolean line art
+            a = (a.astype(np.float32) / a.max() * 255).astype(np.uint8)
+        out.append(Image.fromarray(a))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bridge():
+    return load_encoder("retr:imagenet-bridge")
+
+
+@pytest.mark.slow
+def test_bridge_ranks_known_objects_first(bridge) -> None:
+    xb = bridge.encode_images(_photos())
+    assert xb.shape == (len(PHOTOS), 384) and np.allclose(np.linalg.norm(xb, axis=1), 1, atol=1e-5)
+    xq = bridge.encode_texts(list(KNOWN))
+    top = np.argmax(xq @ xb.T, axis=1)
+    assert [PHOTOS[i] for i in top] == list(KNOWN.values())
+
+
+@pytest.mark.slow
+def test_bridge_sees_classes_not_colours(bridge) -> None:
+    """The honest limit: a red and a blue square get (nearly) the same vector."""
+    red, blue = bridge.encode_images([Image.new("RGB", (64, 64), c) for c in ("red", "blue")])
+    assert bridge.class_names[285] == "Egyptian cat" and len(bridge.class_names) == 1000
+    xq = bridge.encode_texts(["a red square", "a blue square"])
+    gap = (xq[0] @ red - xq[0] @ blue) + (xq[1] @ blue - xq[1] @ red)
+    assert abs(gap) < 0.2
+
+
+def test_registry_lists_families_and_rejects_bad_specs() -> None:
+    specs = [m.spec for m in list_models()]
+    assert "retr:imagenet-bridge" in specs and any(s.startswith("open_clip:") for s in specs)
+    assert any(s.startswith("hf:") for s in specs)
+    with pytest.raises(ValueError, match="FAMILY:NAME"):
+        load_encoder("imagenet-bridge")
+    with pytest.raises(ValueError, match="unknown model family 'clip'"):
+        load_encoder("clip:ViT-B-32")
+    with pytest.raises(ValueError, match="unknown retr model 'nope'.*retr:imagenet-bridge"):
+        load_encoder("retr:nope")
+    res = CliRunner().invoke(cli.app, ["models", "list"])
+    assert res.exit_code == 0 and "retr:imagenet-bridge" in res.output
