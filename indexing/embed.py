@@ -76,7 +76,12 @@ class _Batch:
     indices: list[int]  # positions in the item list, in order
     ok: list[_Loaded]
     rejected: list[_Loaded]
-    pixels: torch.Tensor | None  # (B_ok, 3, H, W)
+    pixels: torch.Tensor | None  # (B_ok, 3, H, W) uint8
+
+    def pin_memory(self) -> _Batch:  # DataLoader(pin_memory=True) calls this on custom batch types
+        if self.pixels is not None:
+            self.pixels = self.pixels.pin_memory()
+        return self
 
 
 class _DecodeDataset(torch.utils.data.Dataset):
@@ -95,7 +100,7 @@ class _DecodeDataset(torch.utils.data.Dataset):
         sha = hashlib.sha256(data).hexdigest()
         try:
             dec = decode_image(data, name=item.path, limits=self.limits)
-            pixels = self.preprocess(dec.image)
+            pixels = self.preprocess.to_uint8(dec.image)  # normalised in the main process, see _embed_chunk
         except DecodeError as e:
             return _Loaded(i, None, sha256=sha, reason=e.reason, message=str(e))
         return _Loaded(i, pixels, sha256=sha, width=dec.width, height=dec.height, format=dec.format)
@@ -182,6 +187,7 @@ def embed_items(
         collate_fn=_collate,
         worker_init_fn=_worker_init,
         persistent_workers=False,
+        pin_memory=encoder.device.startswith("cuda"),  # page-locked batches: async host-to-device copies
     )
     n_pending_items = sum(min(n, (c + 1) * cs) - c * cs for c in pending)
     n_embedded = n_rejected = 0
@@ -226,7 +232,8 @@ def _embed_chunk(batches: list[_Batch], items: Sequence[Item], encoder: Encoder,
             continue
         ok.extend(b.ok)
         with torch.inference_mode(), _autocast(device, config.precision):
-            img.append(encoder.encode_pixels(b.pixels.to(device, non_blocking=True)))
+            pixels = encoder.preprocess.normalize(b.pixels.to(device, non_blocking=True))
+            img.append(encoder.encode_pixels(pixels))
             txt.append(_encode_captions(encoder, [items[x.index].caption for x in b.ok]))
     dim = encoder.dim
     image_vectors = np.concatenate(img) if img else np.zeros((0, dim), np.float32)
