@@ -223,6 +223,88 @@ def search(
             _print_table(r)
 
 
+@app.command("train")
+def train_cmd(
+    config: Annotated[Path, typer.Option(help="Training config JSON (see retrieval/training/configs/).")],
+    device: Device = "cpu",
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Train the heads of a dual encoder on locked pretrained towers (rerun to resume)."""
+    from indexing.cache import cache_dir
+    from retrieval.training.config import read_config
+    from retrieval.training.loop import train
+
+    try:
+        cfg = read_config(config)
+        report = train(cfg, _load_encoder("retr:imagenet-bridge", device), cache=cache_dir(), progress=not quiet)
+    except (ValueError, FileNotFoundError) as e:
+        raise _fail(str(e)) from e
+    err.print(
+        f"[green]trained[/green] {report.out} · {report.n_pairs} pairs, {report.n_texts} caption strings · "
+        f"loss {report.first_loss:.3f} → {report.last_loss:.3f} · {report.seconds:.0f}s"
+    )
+    typer.echo(f"retr:{report.out}")
+
+
+def _model_spec(model_or_index: str) -> str:
+    """An index folder stands for the model it was built with."""
+    from indexing.manifest import read_manifest
+
+    if (Path(model_or_index) / "index.json").is_file():
+        return read_manifest(Path(model_or_index)).model
+    return model_or_index
+
+
+def _print_eval(results: dict[str, dict[str, dict[str, float]]]) -> None:
+    table = Table(title="retrieval metrics (held-out split)")
+    table.add_column("set")
+    table.add_column("metric")
+    for spec in results:
+        table.add_column(spec, justify="right")
+    first = next(iter(results.values()))
+    for section, metrics in first.items():
+        for metric in metrics:
+            cells = [f"{results[s][section][metric]:.3f}" if metric[0] != "n" else str(results[s][section][metric])
+                     for s in results]
+            table.add_row(section, metric, *cells)
+    Console().print(table)
+
+
+@app.command("eval")
+def eval_cmd(
+    models: Annotated[list[str], typer.Argument(help="Model specs or index folders, compared side by side.")],
+    manifest: Annotated[list[str], typer.Option(help="Corpus or manifest: text↔image R@k on its split.")] = [],  # noqa: B006
+    cross: Annotated[list[str], typer.Option(help="A:B corpora: image→image across styles by shared key.")] = [],  # noqa: B006
+    queries: Annotated[Path | None, typer.Option(help="Photo queries JSON (data_manifests/eval/).")] = None,
+    split: Annotated[str, typer.Option(help="Which split to evaluate on.")] = "test",
+    device: Device = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """R@1/5/10 text→image, image→text, cross-style image→image and photo queries, per model."""
+    from retrieval.evaluate import EvalPlan, evaluate
+
+    try:
+        pairs = []
+        for c in cross:
+            a, sep, b = c.partition(":")
+            if not sep or not a or not b:
+                raise ValueError(f"--cross takes A:B, got {c!r}")
+            pairs.append((a, b))
+        plan = EvalPlan(tuple(manifest), tuple(pairs), queries, split)
+        if not (plan.corpora or plan.cross or plan.photo_queries):
+            raise ValueError("nothing to evaluate: give --manifest, --cross or --queries")
+        results = {}
+        for m in models:
+            spec = _model_spec(m)
+            results[spec] = evaluate(_load_encoder(spec, device), plan)
+    except (ValueError, FileNotFoundError) as e:
+        raise _fail(str(e)) from e
+    if as_json:
+        typer.echo(json.dumps(results, ensure_ascii=False))
+    else:
+        _print_eval(results)
+
+
 @data_app.command("fetch")
 def data_fetch(name: Annotated[str, typer.Argument(help="Corpus name (see `retr data list`).")]) -> None:
     """Fetch a registry corpus into the cache and write its normalised Parquet manifest."""

@@ -20,12 +20,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import html
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,7 @@ from indexing.archives import (
     require_str,
 )
 from indexing.atomic import write_parquet
+from indexing.decode import DecodeLimits
 
 # Share of keys held out as split="test". The split hashes only the key, so it never changes between
 # fetches or versions, and emoji-google / emoji-twitter put the same emoji in the same split.
@@ -192,6 +196,7 @@ def extract_archives(corpus: Corpus, archives: Sequence[Path], root: Path, repor
 class Parsed:
     table: pa.Table  # one row per item; `image` (absolute path) and `caption` first
     n_skipped: int
+    skipped_by_reason: Mapping[str, int] = field(default_factory=dict)  # e.g. {"no_svg": 1}, when the parser says
 
 
 BASE_FIELDS = [
@@ -360,9 +365,296 @@ def parse_iso_flags(root: Path, corpus: Corpus) -> Parsed:
     return Parsed(pa.Table.from_pylist(rows, schema=FLAG_SCHEMA), skipped)
 
 
+# -- openmoji: data/openmoji.json + color/svg/HEXCODE.svg, keys aligned with emoji-datasource
+
+OPENMOJI_SCHEMA = pa.schema(
+    BASE_FIELDS
+    + [
+        pa.field("emoji", pa.string()),  # the character, from the code points in `key`
+        pa.field("hexcode", pa.string()),  # OpenMoji's own id, which may drop an FE0F that `key` keeps
+        pa.field("group", pa.string()),
+        pa.field("subgroup", pa.string()),
+        pa.field("tags", pa.string()),  # CLDR keywords, " | "-joined
+        pa.field("openmoji_tags", pa.string()),  # the OpenMoji designers' own keywords, " | "-joined
+        pa.field("author", pa.string()),  # CC-BY-SA asks for attribution: the drawing's designer
+        pa.field("unicode_version", pa.string()),  # Emoji version; empty for OpenMoji's own extras
+        pa.field("n_skin_tones", pa.int64()),  # skin-tone variants that exist but are not items
+    ]
+)
+_VARIATION_SELECTOR_16 = "FE0F"
+
+
+def without_fe0f(codepoints: str) -> str:
+    """'2764-FE0F' → '2764': the form in which fully- and non-qualified spellings of an emoji agree."""
+    return "-".join(cp for cp in codepoints.upper().split("-") if cp != _VARIATION_SELECTOR_16)
+
+
+def qualified_keys(emoji_entries: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """emoji-datasource's `unified` keys, looked up by their FE0F-less form."""
+    return {without_fe0f(e["unified"]): e["unified"].upper() for e in emoji_entries}
+
+
+def openmoji_key(hexcode: str, qualified: Mapping[str, str]) -> str:
+    """The emoji-datasource key for an OpenMoji hexcode, so the same emoji joins across styles.
+
+    OpenMoji names some emoji by their non-qualified code points ('2764' for red heart) where
+    emoji-datasource keeps the fully-qualified sequence ('2764-FE0F'); which code points take an FE0F
+    is Unicode data, so it is looked up rather than guessed. Emoji newer than that data and OpenMoji's
+    private-use extras ('E000') have no partner and keep their own upper-case hexcode.
+    """
+    return qualified.get(without_fe0f(hexcode), hexcode.upper())
+
+
+def _comma_list(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def openmoji_row(entry: Mapping[str, Any], key: str, image: Path, n_skin_tones: int, corpus: Corpus) -> dict[str, Any]:
+    caption = " ".join(entry["annotation"].split())
+    tags, own_tags = _comma_list(entry.get("tags")), _comma_list(entry.get("openmoji_tags"))
+    return {
+        **_base_row(corpus, key, image, caption, join_names([caption, *tags, *own_tags])),
+        "emoji": emoji_char(key),
+        "hexcode": entry["hexcode"],
+        "group": entry.get("group") or "",
+        "subgroup": entry.get("subgroups") or "",
+        "tags": " | ".join(tags),
+        "openmoji_tags": " | ".join(own_tags),
+        "author": entry.get("openmoji_author") or "",
+        "unicode_version": str(entry.get("unicode") or ""),
+        "n_skin_tones": n_skin_tones,
+    }
+
+
+def parse_openmoji(root: Path, corpus: Corpus) -> Parsed:
+    """One item per OpenMoji entry with a colour SVG, its key aligned with emoji-datasource's.
+
+    As for emoji-datasource, skin-tone variants are left out (same concept, near-duplicate image)
+    and are counted in `n_skin_tones`, not as skipped. OpenMoji's extras (its own private-use
+    pictograms and non-emoji Unicode symbols) are kept: they are well-named drawings, they simply
+    have no counterpart in the other emoji styles.
+    """
+    params = corpus.params
+    entries = json.loads((root / params["data_file"]).read_text(encoding="utf-8"))
+    qualified = qualified_keys(json.loads((root / params["unicode_keys_file"]).read_text(encoding="utf-8")))
+    skin_tones = Counter(e.get("skintone_base_hexcode") for e in entries if e.get("skintone"))
+    image_dir = root / params["image_dir"]
+    rows, seen, reasons = [], set(), Counter[str]()
+    for entry in entries:
+        if entry.get("skintone"):
+            continue
+        key, image = openmoji_key(entry["hexcode"], qualified), image_dir / f"{entry['hexcode']}.svg"
+        if not image.is_file():
+            reasons["no_image"] += 1
+        elif not (entry.get("annotation") or "").strip():
+            reasons["no_name"] += 1
+        elif key in seen:  # two spellings of one emoji: the first is the item
+            reasons["duplicate_key"] += 1
+        else:
+            seen.add(key)
+            rows.append(openmoji_row(entry, key, image, skin_tones[entry["hexcode"]], corpus))
+    return Parsed(pa.Table.from_pylist(rows, schema=OPENMOJI_SCHEMA), sum(reasons.values()), dict(reasons))
+
+
+# -- openclipart 0.18 (Debian): png/CATEGORY/.../NAME.png, titled by svg/CATEGORY/.../NAME.svg
+
+CLIPART_SCHEMA = pa.schema(
+    BASE_FIELDS
+    + [
+        pa.field("title", pa.string()),  # dc:title as the SVG has it, before cleaning
+        pa.field("creator", pa.string()),
+        pa.field("keywords", pa.string()),  # the SVG's dc:subject keywords that read as words, " | "-joined
+        pa.field("category", pa.string()),  # the package's top-level folder ("animals", "food", ...)
+        pa.field("svg", pa.string()),  # the vector original, absolute path
+    ]
+)
+_DC = "{http://purl.org/dc/elements/1.1/}"
+_RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+_SVG_METADATA = "{http://www.w3.org/2000/svg}metadata"
+
+# "Clipart by Tobias Jakobs - Germany - Bremen": a batch-import prefix in front of the real title.
+_CLIPART_BY = re.compile(r"clip ?art by .+? - (?P<rest>.+)", re.IGNORECASE)
+# Titles that name a set, a theme or the library rather than the picture ("Lemon SVG theme",
+# "Part of the Flat Icon Collection (...)", "Various Cliparts", "Etiquette Icons"), or that hold
+# an address instead of words.
+_NOT_A_CAPTION = re.compile(
+    r"open ?clip ?art|\bclip ?arts?\b|\bcollection\b|\btheme\b|\bicon ?set\b|\bicons\b|\bsvg\b|\buntitled\b"
+    r"|@|https?:|www\.",
+    re.IGNORECASE,
+)
+_IN_SVG_FORMAT = re.compile(r"\s+in svg format$", re.IGNORECASE)  # "National flag of ... in SVG format"
+_FILE_EXTENSION = re.compile(r"\.[a-z][a-z0-9]{1,3}$", re.IGNORECASE)  # "books-aj.svg", "ec2.py"
+_TRAILING_INDEX = re.compile(r"(?<=[a-z])\d{1,3}$", re.IGNORECASE)  # "Aircraft5", "wedding rings2", "Tigre01"
+_CODE_TOKEN = re.compile(r"[a-z]\d|\d[a-z]|#", re.IGNORECASE)  # "R16", "arrow08", "BlueMan#108", "8ball"
+_MIN_LETTERS = 3  # "Mr", "AK" (from "AK47"), "fc": too short to describe a picture
+
+
+def clean_clipart_title(title: str | None, creator: str = "") -> str | None:
+    """The title of a clip-art SVG as a caption, or None when it does not describe the picture.
+
+    Normalises: HTML entities, underscores and runs of whitespace become single spaces (a snake_case
+    file name reads as its words: "shopping_cart" → "shopping cart"); a "Clipart by NAME - " import
+    prefix, an "in SVG format" suffix and an index glued to the last word ("Aircraft5") are dropped.
+    Rejects: fewer than three letters, a file extension, a code-like token mixing letters and
+    digits ("R16 sibmission", "MPCAD Box 30x20x100"), a set / theme / library name, an address,
+    and the artist's own name. Titles repeated across many pictures are `repeated_titles`' call.
+    """
+    text = " ".join(html.unescape(title or "").replace("_", " ").split()).strip(" \"'")
+    m = _CLIPART_BY.fullmatch(text)
+    if m:
+        text = m["rest"].strip(" \"'")
+    text = _IN_SVG_FORMAT.sub("", text)
+    if _FILE_EXTENSION.search(text):
+        return None
+    text = _TRAILING_INDEX.sub("", text)
+    if sum(ch.isalpha() for ch in text) < _MIN_LETTERS or _CODE_TOKEN.search(text) or _NOT_A_CAPTION.search(text):
+        return None
+    if creator and text.casefold() == " ".join(creator.replace("_", " ").split()).casefold():
+        return None
+    return text
+
+
+def repeated_titles(titles: Iterable[str], max_repeats: int) -> set[str]:
+    """Casefolded titles given to more than MAX_REPEATS pictures: a series name ("gramastar" on
+    1375 star drawings, "card" on 226 playing cards), not a caption that tells them apart."""
+    counts = Counter(t.casefold() for t in titles)
+    return {t for t, n in counts.items() if n > max_repeats}
+
+
+@dataclass(frozen=True)
+class ClipartMeta:
+    title: str
+    creator: str
+    keywords: tuple[str, ...]
+
+
+def read_clipart_meta(svg: Path) -> ClipartMeta:
+    """The work's dc:title, dc:creator and dc:subject keywords from an SVG's RDF metadata.
+
+    Streams the XML and stops at the end of <metadata>, which sits near the top of these files.
+    The work's title is the dc:title directly inside cc:Work; the other dc:titles in the block
+    name agents (creator, rights holder, publisher). Unreadable XML gives empty metadata.
+    """
+    title, creator, keywords, path = "", "", [], []
+    try:
+        for event, el in ET.iterparse(svg, events=("start", "end")):
+            if event == "start":
+                path.append(el.tag)
+                continue
+            path.pop()
+            if el.tag == f"{_DC}title" and path and path[-1].endswith("}Work") and not title:
+                title = el.text or ""
+            elif el.tag == f"{_DC}title" and f"{_DC}creator" in path and not creator:
+                creator = el.text or ""
+            elif el.tag == f"{_RDF}li" and f"{_DC}subject" in path:
+                keywords.append(el.text or "")
+            elif el.tag == _SVG_METADATA:
+                break
+    except ET.ParseError:
+        pass
+    return ClipartMeta(title, " ".join(creator.split()), tuple(keywords))
+
+
+def _png_pixels(path: Path) -> int:
+    """width × height from the PNG header (IHDR), without decoding."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    return int.from_bytes(head[16:20], "big") * int.from_bytes(head[20:24], "big")
+
+
+def clipart_row(png: Path, svg: Path, key: str, caption: str, meta: ClipartMeta, corpus: Corpus) -> dict[str, Any]:
+    # "hash" is in 1795 of the keyword lists: a cataloguing artefact, not a word about the picture.
+    keywords = [
+        k for k in (clean_clipart_title(k, meta.creator) for k in meta.keywords) if k and k.casefold() != "hash"
+    ]
+    # A few PNGs were exported at poster size (up to 21000×29700); the decoder refuses those, so
+    # the item points at its SVG instead, which the decoder rasterises at a sane size.
+    image = svg if _png_pixels(png) > DecodeLimits().max_pixels else png
+    return {
+        **_base_row(corpus, key, image, caption, join_names([caption, *keywords])),
+        "title": meta.title,
+        "creator": meta.creator,
+        "keywords": join_names(keywords),
+        "category": key.split("/", 1)[0],
+        "svg": str(svg),
+    }
+
+
+def parse_openclipart(root: Path, corpus: Corpus) -> Parsed:
+    """One item per PNG picture whose same-path SVG has a title that reads as a caption.
+
+    The package files some pictures under several folders; those copies are symlinks to one PNG
+    and are not items. Skipped, by reason: `no_svg` (no SVG at the PNG's path), `not_a_caption`
+    (`clean_clipart_title` rejected the title) and `repeated_title` (`repeated_titles`).
+    """
+    params = corpus.params
+    png_dir, svg_dir = root / params["png_dir"], root / params["svg_dir"]
+    reasons, candidates = Counter[str](), []
+    for png in sorted(png_dir.rglob("*.png")):
+        if png.is_symlink():
+            continue
+        rel = png.relative_to(png_dir).with_suffix("")
+        svg = svg_dir / rel.parent / f"{rel.name}.svg"  # not with_suffix: "gerald_g._01" has a dot
+        if not svg.is_file():
+            reasons["no_svg"] += 1
+            continue
+        meta = read_clipart_meta(svg)
+        caption = clean_clipart_title(meta.title, meta.creator)
+        if caption is None:
+            reasons["not_a_caption"] += 1
+            continue
+        candidates.append((png, svg.resolve(), rel.as_posix(), caption, meta))
+    repeated = repeated_titles((c[3] for c in candidates), int(params["max_title_repeats"]))
+    rows = []
+    for png, svg, key, caption, meta in candidates:
+        if caption.casefold() in repeated:
+            reasons["repeated_title"] += 1
+        else:
+            rows.append(clipart_row(png, svg, key, caption, meta, corpus))
+    return Parsed(pa.Table.from_pylist(rows, schema=CLIPART_SCHEMA), sum(reasons.values()), dict(reasons))
+
+
+# -- captioned files: a fixed list of images whose captions are written in the spec itself
+
+CAPTIONED_SCHEMA = pa.schema(
+    BASE_FIELDS
+    + [
+        pa.field("kind", pa.string()),  # "photo", "micrograph", "drawing": what sort of picture it is
+        pa.field("credit", pa.string()),  # photographer or source, as the package credits it
+    ]
+)
+
+
+def parse_captioned_files(root: Path, corpus: Corpus) -> Parsed:
+    """One item per `params.images` entry whose file exists; the caption, names and each image's
+    own licence come from the spec. Key = the file's stem; `params.split`, when given, puts every
+    item in that split (an evaluation-only corpus) instead of hashing the key."""
+    params = corpus.params
+    if params.get("split") not in (None, "train", "test"):
+        raise ValueError(f"corpus {corpus.name}: params.split must be 'train' or 'test', got {params['split']!r}")
+    image_dir = root / params["image_dir"]
+    rows, reasons = [], Counter[str]()
+    for i, spec in enumerate(params["images"]):
+        if not all(isinstance(spec.get(k), str) and spec[k].strip() for k in ("file", "caption")):
+            raise ValueError(f"corpus {corpus.name}: params.images[{i}] needs a non-empty 'file' and 'caption'")
+        image = image_dir / spec["file"]
+        if not image.is_file():
+            reasons["no_image"] += 1
+            continue
+        caption = " ".join(spec["caption"].split())
+        row = _base_row(corpus, Path(spec["file"]).stem, image, caption, join_names([caption, *spec.get("names", [])]))
+        row["licence"] = spec.get("licence") or corpus.licence
+        row["split"] = params.get("split") or row["split"]
+        rows.append({**row, "kind": spec.get("kind", ""), "credit": spec.get("credit", "")})
+    return Parsed(pa.Table.from_pylist(rows, schema=CAPTIONED_SCHEMA), sum(reasons.values()), dict(reasons))
+
+
 PARSERS: dict[str, Callable[[Path, Corpus], Parsed]] = {
+    "captioned-files": parse_captioned_files,
     "emoji-datasource": parse_emoji_datasource,
     "iso-flags": parse_iso_flags,
+    "openclipart": parse_openclipart,
+    "openmoji": parse_openmoji,
 }
 
 
@@ -383,6 +675,7 @@ def write_manifest(path: Path, parsed: Parsed, corpus: Corpus, fingerprint: str)
         b"retr.corpus": corpus.spec_json.encode("utf-8"),
         b"retr.fingerprint": fingerprint.encode("ascii"),
         b"retr.n_skipped": str(parsed.n_skipped).encode("ascii"),
+        b"retr.skipped_by_reason": json.dumps(dict(sorted(parsed.skipped_by_reason.items()))).encode("ascii"),
     }
     write_parquet(path, parsed.table.replace_schema_metadata(meta))
 

@@ -14,14 +14,23 @@ def corpus_names() -> list[str]:
     return [c.name for c in list_corpora(manifest_dir())]
 
 
+def resolve_manifest(source: str, *, progress: bool = True) -> Path:
+    """The manifest file SOURCE names: an existing manifest path, or a corpus fetched into the cache."""
+    if Path(source).is_file():
+        return Path(source)
+    if source in corpus_names():
+        from indexing.corpora import fetch_corpus
+
+        return fetch_corpus(source, cache_dir=cache_dir(), manifest_dir=manifest_dir(), progress=progress).manifest_path
+    known = ", ".join(corpus_names())
+    raise ValueError(f"{source!r} is neither a manifest file nor a known corpus. Known corpora: {known}")
+
+
 def resolve_items(source: str, columns: ManifestColumns = ManifestColumns(), *, progress: bool = True) -> list[Item]:
     """Items of SOURCE; a registry corpus name (e.g. `emoji-google`) is fetched into the cache."""
     looks_like_path = Path(source).exists() or any(ch in source for ch in "*?[/") or source.endswith(".tar")
     if not looks_like_path and source in corpus_names():
-        from indexing.corpora import fetch_corpus
-
-        result = fetch_corpus(source, cache_dir=cache_dir(), manifest_dir=manifest_dir(), progress=progress)
-        return list_items(str(result.manifest_path))
+        return list_items(str(resolve_manifest(source, progress=progress)))
     if not looks_like_path:
         raise ValueError(
             f"{source!r} is neither an existing path nor a known corpus. Known corpora: {', '.join(corpus_names())}"

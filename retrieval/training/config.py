@@ -1,0 +1,97 @@
+"""Training configuration: one JSON file, parsed once into frozen dataclasses.
+
+    retr train --config configs/default.json
+
+Unknown keys are an error (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+LOSSES = ("siglip", "clip")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    views: int = 3  # image views precomputed per item: view 0 is the clean image, the rest augmented
+    min_scale: float = 0.6  # random resized crop keeps at least this fraction of the area
+    jitter: float = 0.3  # brightness / contrast / saturation jitter amplitude
+    # transparent images are composited on a random one of these (as well as on white for view 0)
+    backgrounds: tuple[tuple[int, int, int], ...] = ((255, 255, 255), (0, 0, 0), (128, 128, 128), (240, 230, 200))
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    hidden: int = 1024  # image head MLP width; 0 = a single linear layer
+    dropout: float = 0.2  # on the head's input features: regularises towards the bridge residual
+    text_adapter: bool = True  # a zero-initialised linear residual on the MiniLM side
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    corpora: tuple[str, ...] = ("emoji-google", "emoji-twitter", "flags")
+    out: str = "out/train/default"
+    loss: str = "siglip"
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    seed: int = 0
+    # caption templates, one sampled per step for each caption; "{}" is the name
+    templates: tuple[str, ...] = ("{}", "an emoji of {}", "an icon of {}", "a picture of {}", "{} symbol")
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    feature_batch_size: int = 64
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if not self.corpora:
+            raise ValueError("corpora must name at least one corpus or manifest")
+        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
+            raise ValueError("need epochs >= 1, batch_size >= 2, lr > 0")
+        if self.augment.views < 1:
+            raise ValueError("augment.views must be >= 1")
+        if not all("{}" in t for t in self.templates):
+            raise ValueError("every template needs a '{}' for the caption")
+
+    def to_json(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _build(cls: type, obj: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(obj) - set(known)
+    if unknown:
+        raise ValueError(f"unknown keys in {where}: {sorted(unknown)}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in obj.items():
+        if name == "augment":
+            value = _build(AugmentConfig, value, f"{where}.augment")
+        elif name == "head":
+            value = _build(HeadConfig, value, f"{where}.head")
+        elif name == "backgrounds":
+            value = tuple(tuple(int(c) for c in rgb) for rgb in value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_config(obj: dict[str, Any]) -> TrainConfig:
+    return _build(TrainConfig, obj, "config")
+
+
+def read_config(path: Path) -> TrainConfig:
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read training config {path}: {e}") from e
+    return parse_config(obj)

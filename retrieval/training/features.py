@@ -1,0 +1,137 @@
+"""Precompute what the locked towers see, once, so training the heads takes seconds per epoch.
+
+For every training image: `views` versions (view 0 clean on white, the others with a random
+resized crop, colour jitter and a random background behind transparency), each run through
+EfficientNet-Lite0 once -> pooled features (1280) and the ImageNet-bridge vector (384).
+For every caption x template string: its MiniLM vector (384), deduplicated.
+
+The result is cached under $RETR_CACHE/features/<hash of inputs> and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance
+from tqdm import tqdm
+
+from indexing.atomic import write_json, write_npy
+from indexing.decode import DecodeError, DecodeLimits, decode_image
+from indexing.sources import Item, read_item_bytes
+from retrieval.encoders.base import ImagePreprocess
+from retrieval.training.config import AugmentConfig
+from retrieval.training.data import Pair
+
+FEATURE_VERSION = 1  # bump when what is computed changes, so stale caches are not reused
+
+
+@dataclass(frozen=True)
+class Features:
+    pooled: np.ndarray  # (N, V, 1280) float16, EfficientNet-Lite0 pooled features per view
+    bridge: np.ndarray  # (N, V, 384) float16, unnormalised ImageNet-bridge vector per view
+    ok: np.ndarray  # (N,) bool, False where the image could not be decoded
+    texts: list[str]  # unique caption strings
+    text_vectors: np.ndarray  # (T, 384) float32, MiniLM, unit norm
+
+
+def augment_view(image_bytes: bytes, name: str, view: int, seed: int, aug: AugmentConfig) -> Image.Image:
+    """View 0: the image on white. Other views: random background, resized crop and colour jitter."""
+    rng = np.random.default_rng([seed, view])
+    if view == 0:
+        return decode_image(image_bytes, name=name).image
+    bg = aug.backgrounds[int(rng.integers(len(aug.backgrounds)))]
+    image = decode_image(image_bytes, name=name, limits=DecodeLimits(background=bg)).image
+    w, h = image.size
+    scale = rng.uniform(aug.min_scale, 1.0)
+    ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    cw = min(w, max(1, round(w * np.sqrt(scale * ratio))))
+    ch = min(h, max(1, round(h * np.sqrt(scale / ratio))))
+    left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    image = image.crop((left, top, left + cw, top + ch))
+    for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        image = enhance(image).enhance(float(rng.uniform(1 - aug.jitter, 1 + aug.jitter)))
+    return image
+
+
+class _ViewDataset(torch.utils.data.Dataset):
+    """(item index, view) -> uint8 pixels, decoded and augmented in a worker."""
+
+    def __init__(self, pairs: Sequence[Pair], aug: AugmentConfig, preprocess: ImagePreprocess, seed: int) -> None:
+        self.pairs, self.aug, self.preprocess, self.seed = pairs, aug, preprocess, seed
+
+    def __len__(self) -> int:
+        return len(self.pairs) * self.aug.views
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None]:
+        index, view = divmod(i, self.aug.views)
+        pair = self.pairs[index]
+        try:
+            data = read_item_bytes(Item(path=pair.path))
+            image = augment_view(data, pair.path, view, self.seed * 1_000_003 + index, self.aug)
+        except (OSError, DecodeError):
+            return i, None
+        return i, self.preprocess.to_uint8(image)
+
+
+def _collate(batch: list[tuple[int, torch.Tensor | None]]) -> tuple[list[int], torch.Tensor | None]:
+    good = [(i, x) for i, x in batch if x is not None]
+    return [i for i, _ in good], (torch.stack([x for _, x in good]) if good else None)
+
+
+def cache_key(pairs: Sequence[Pair], aug: AugmentConfig, texts: Sequence[str], seed: int) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"v": FEATURE_VERSION, "aug": asdict(aug), "seed": seed}, sort_keys=True).encode())
+    for p in pairs:
+        h.update(f"{p.path}\0".encode())
+    for t in texts:
+        h.update(f"{t}\0".encode())
+    return h.hexdigest()[:20]
+
+
+def compute_features(
+    pairs: Sequence[Pair], texts: Sequence[str], bridge, aug: AugmentConfig, *, cache: Path, seed: int = 0,
+    batch_size: int = 64, num_workers: int = 2, progress: bool = True,
+) -> Features:
+    """Tower outputs for every (pair, view) and every text; cached by a hash of all inputs."""
+    folder = cache / "features" / cache_key(pairs, aug, texts, seed)
+    if (folder / "done.json").exists():
+        return _load(folder)
+    n, v = len(pairs), aug.views
+    pooled = np.zeros((n * v, 1280), np.float16)
+    mixed = np.zeros((n * v, 384), np.float16)
+    ok = np.zeros(n * v, bool)
+    loader = torch.utils.data.DataLoader(
+        _ViewDataset(pairs, aug, bridge.preprocess, seed), batch_size=batch_size, num_workers=num_workers,
+        collate_fn=_collate,
+    )
+    with tqdm(total=n * v, unit="view", desc="image features", disable=not progress) as bar, torch.inference_mode():
+        for rows, pixels in loader:
+            if pixels is not None:
+                p, b = bridge.image_features(bridge.preprocess.normalize(pixels.to(bridge.device)))
+                pooled[rows], mixed[rows], ok[rows] = p.cpu().numpy(), b.cpu().numpy(), True
+            bar.update(min(batch_size, bar.total - bar.n))
+    text_vectors = bridge.text_tower.encode(list(texts))
+    folder.mkdir(parents=True, exist_ok=True)
+    write_npy(folder / "pooled.npy", pooled.reshape(n, v, -1))
+    write_npy(folder / "bridge.npy", mixed.reshape(n, v, -1))
+    write_npy(folder / "ok.npy", ok.reshape(n, v).all(axis=1))
+    write_npy(folder / "text_vectors.npy", text_vectors)
+    write_json(folder / "texts.json", list(texts))
+    write_json(folder / "done.json", {"n": n, "views": v, "texts": len(texts)})  # commit marker, last
+    return _load(folder)
+
+
+def _load(folder: Path) -> Features:
+    return Features(
+        pooled=np.load(folder / "pooled.npy"),
+        bridge=np.load(folder / "bridge.npy"),
+        ok=np.load(folder / "ok.npy"),
+        texts=json.loads((folder / "texts.json").read_text()),
+        text_vectors=np.load(folder / "text_vectors.npy"),
+    )

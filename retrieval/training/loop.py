@@ -1,0 +1,154 @@
+"""`retr train`: align the locked towers on corpus pairs by training the heads (LiT recipe).
+
+Each step samples, per training image, one precomputed view and one caption x template string,
+and applies the SigLIP or CLIP loss with shared-key positives. State (heads, optimiser, epoch, RNG)
+is saved atomically after every epoch, so a killed run continues where it stopped; a run whose
+config changed refuses to resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from indexing.atomic import atomic_path
+from indexing.manifest import git_sha
+from retrieval.training.config import TrainConfig
+from retrieval.training.data import Pair, load_pairs
+from retrieval.training.features import Features, compute_features
+from retrieval.training.losses import clip_loss, siglip_loss
+from retrieval.training.model import AlignedHeads, save_heads
+
+STATE = "state.pt"
+WARMUP_FRACTION = 0.05  # of all steps, linear warm-up before the cosine decay
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    out: Path
+    n_pairs: int
+    n_texts: int
+    epochs_run: int  # epochs trained by this call (0 when the run was already complete)
+    first_loss: float
+    last_loss: float
+    seconds: float
+
+
+def caption_table(pairs: Sequence[Pair], templates: Sequence[str]) -> tuple[list[str], list[np.ndarray]]:
+    """Unique training strings, and for each pair the indices of the strings it may be trained on."""
+    index: dict[str, int] = {}
+    per_pair = []
+    for p in pairs:
+        rows = [index.setdefault(t.format(c), len(index)) for c in p.captions for t in templates]
+        per_pair.append(np.asarray(sorted(set(rows)), np.int64))
+    return list(index), per_pair
+
+
+def _config_hash(config: TrainConfig) -> str:
+    obj = {k: v for k, v in config.to_json().items() if k not in ("out", "num_workers", "feature_batch_size")}
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _lr_at(step: int, total: int, base: float) -> float:
+    warm = max(1, int(WARMUP_FRACTION * total))
+    if step < warm:
+        return base * (step + 1) / warm
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def _loss(heads: AlignedHeads, img: torch.Tensor, txt: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    if heads.loss == "siglip":
+        return siglip_loss(img, txt, same, heads.log_t, heads.bias)
+    return clip_loss(img, txt, same, heads.log_t)
+
+
+class _Run:
+    """Everything one training run samples from, as tensors."""
+
+    def __init__(self, feats: Features, pairs: Sequence[Pair], per_pair: list[np.ndarray]) -> None:
+        keep = np.flatnonzero(feats.ok)
+        self.pooled = torch.from_numpy(feats.pooled[keep])  # (N, V, 1280) fp16
+        self.bridge = torch.from_numpy(feats.bridge[keep])  # (N, V, 384) fp16
+        self.texts = torch.from_numpy(feats.text_vectors)  # (T, 384)
+        self.per_pair = [per_pair[i] for i in keep]
+        _, key_ids = np.unique([pairs[i].key for i in keep], return_inverse=True)
+        self.keys = torch.from_numpy(key_ids)
+
+    def batch(self, idx: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
+        views = torch.from_numpy(rng.integers(self.pooled.shape[1], size=len(idx)))
+        t = torch.from_numpy(np.array([rng.choice(self.per_pair[i]) for i in idx]))
+        i = torch.from_numpy(idx)
+        keys = self.keys[i]
+        return self.pooled[i, views], self.bridge[i, views], self.texts[t], keys[:, None] == keys[None, :]
+
+
+def _save_state(out: Path, heads: AlignedHeads, opt: torch.optim.Optimizer, epoch: int, rng, h: str, losses) -> None:
+    state = {"heads": heads.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "rng": rng.bit_generator.state,
+             "config_hash": h, "losses": losses}
+    with atomic_path(out / STATE) as tmp:
+        torch.save(state, tmp)
+
+
+def train(config: TrainConfig, bridge, *, cache: Path, progress: bool = True) -> TrainReport:
+    """Train heads for `config` on top of `bridge` (an ImageNetBridge: its towers are locked)."""
+    t0 = time.perf_counter()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = load_pairs(config.corpora, split="train", progress=progress)
+    if len(pairs) < config.batch_size:
+        raise ValueError(f"{len(pairs)} training pairs is fewer than one batch of {config.batch_size}")
+    texts, per_pair = caption_table(pairs, config.templates)
+    feats = compute_features(pairs, texts, bridge, config.augment, cache=cache, seed=config.seed,
+                             batch_size=config.feature_batch_size, num_workers=config.num_workers, progress=progress)
+    run = _Run(feats, pairs, per_pair)
+    torch.manual_seed(config.seed)
+    heads = AlignedHeads(config.head, config.loss)
+    decay = [p for n, p in heads.named_parameters() if n not in ("log_t", "bias")]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                             {"params": [heads.log_t, heads.bias], "weight_decay": 0.0}], lr=config.lr)
+    rng = np.random.default_rng(config.seed)
+    h, start, losses = _config_hash(config), 0, []
+    if (out / STATE).exists():
+        state = torch.load(out / STATE, weights_only=False)
+        if state["config_hash"] != h:
+            raise ValueError(f"{out} holds a run with a different config; use another `out` or delete {out / STATE}")
+        heads.load_state_dict(state["heads"])
+        opt.load_state_dict(state["opt"])
+        rng.bit_generator.state = state["rng"]
+        start, losses = state["epoch"], state["losses"]
+    n = len(run.keys)
+    steps_per_epoch = n // config.batch_size
+    total = steps_per_epoch * config.epochs
+    heads.train()
+    with tqdm(total=total, initial=start * steps_per_epoch, unit="step", desc="train", disable=not progress) as bar:
+        for epoch in range(start, config.epochs):
+            perm = rng.permutation(n)
+            epoch_losses = []
+            for s in range(steps_per_epoch):
+                step = epoch * steps_per_epoch + s
+                for g in opt.param_groups:
+                    g["lr"] = _lr_at(step, total, config.lr)
+                pooled, bridge_v, txt, same = run.batch(perm[s * config.batch_size:(s + 1) * config.batch_size], rng)
+                loss = _loss(heads, heads.image(pooled, bridge_v), heads.text(txt), same)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                epoch_losses.append(float(loss))
+                bar.update(1)
+                pairs_per_s = (bar.format_dict["rate"] or 0) * config.batch_size
+                bar.set_postfix(loss=f"{loss.item():.3f}", pairs_s=f"{pairs_per_s:.0f}")
+            losses.append(float(np.mean(epoch_losses)))
+            _save_state(out, heads, opt, epoch + 1, rng, h, losses)
+    heads.eval()
+    save_heads(heads, out, {"train": config.to_json(), "losses": losses, "git_sha": git_sha(), "n_pairs": n,
+                            "n_texts": len(texts), "base": bridge.name})
+    return TrainReport(out, n, len(texts), config.epochs - start, losses[0], losses[-1], time.perf_counter() - t0)

@@ -1,0 +1,81 @@
+"""Trainable heads that align locked EfficientNet-Lite0 features with the locked MiniLM text space.
+
+    image  = normalise( normalise(bridge) + head([layernorm(pooled), normalise(bridge)]) )   (B, 384)
+    text   = normalise( t + adapter(t) ),  t = MiniLM(caption)                               (B, 384)
+
+The last image-head layer and the text adapter start at zero, so an untrained model *is* the
+ImageNet bridge: training can only add to what the classifier already names, which keeps photo
+retrieval at least where the bridge is (the bar of the default-model issue) while icon-specific
+knowledge is learned. A checkpoint is a safetensors file plus the JSON config that rebuilds it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from indexing.atomic import atomic_path, write_json
+from retrieval.training.config import HeadConfig
+
+POOLED_DIM, TEXT_DIM = 1280, 384
+WEIGHTS, CONFIG = "head.safetensors", "head.json"
+
+
+class AlignedHeads(nn.Module):
+    def __init__(self, config: HeadConfig = HeadConfig(), loss: str = "siglip") -> None:
+        super().__init__()
+        self.config, self.loss = config, loss
+        d_in = POOLED_DIM + TEXT_DIM
+        if config.hidden:
+            layers = [nn.Linear(d_in, config.hidden), nn.GELU(), nn.Linear(config.hidden, TEXT_DIM)]
+            self.image_head = nn.Sequential(nn.Dropout(config.dropout), *layers)
+        else:
+            self.image_head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(d_in, TEXT_DIM))
+        nn.init.zeros_(self.image_head[-1].weight)
+        nn.init.zeros_(self.image_head[-1].bias)
+        self.text_adapter = nn.Linear(TEXT_DIM, TEXT_DIM) if config.text_adapter else None
+        if self.text_adapter is not None:
+            nn.init.zeros_(self.text_adapter.weight)
+            nn.init.zeros_(self.text_adapter.bias)
+        # SigLIP's initialisation: t = 10, b = -10 (few positives per row); CLIP's: 1 / 0.07.
+        self.log_t = nn.Parameter(torch.tensor(math.log(10.0 if loss == "siglip" else 1 / 0.07)))
+        self.bias = nn.Parameter(torch.tensor(-10.0))
+
+    def image(self, pooled: torch.Tensor, bridge: torch.Tensor) -> torch.Tensor:
+        """pooled (B, 1280), bridge (B, 384) -> (B, 384) unit rows."""
+        base = F.normalize(bridge.float(), dim=-1)
+        x = torch.cat([F.layer_norm(pooled.float(), (POOLED_DIM,)), base], dim=-1)  # (B, 1664)
+        return F.normalize(base + self.image_head(x), dim=-1)
+
+    def text(self, t: torch.Tensor) -> torch.Tensor:
+        """MiniLM vectors (B, 384) -> (B, 384) unit rows."""
+        t = t.float()
+        if self.text_adapter is not None:
+            t = t + self.text_adapter(t)
+        return F.normalize(t, dim=-1)
+
+
+def save_heads(heads: AlignedHeads, folder: Path, extra: dict | None = None) -> None:
+    """head.safetensors + head.json (config, loss, and whatever the trainer records), atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+    write_json(folder / CONFIG, {"head": asdict(heads.config), "loss": heads.loss, **(extra or {})})
+
+
+def load_heads(folder: Path, device: str = "cpu") -> tuple[AlignedHeads, dict]:
+    folder = Path(folder)
+    if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
+        raise ValueError(f"{folder} is not a trained retr model (needs {WEIGHTS} and {CONFIG})")
+    meta = json.loads((folder / CONFIG).read_text())
+    heads = AlignedHeads(HeadConfig(**meta["head"]), meta["loss"])
+    heads.load_state_dict(load_file(str(folder / WEIGHTS)))
+    return heads.to(device).eval(), meta
