@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RETR := $(VENV)/bin/retr
 DEMO_CORPUS ?= emoji-google
-DEMO_DIR ?= out/demo-$(DEMO_CORPUS)
+DEMO_MODEL ?= retr:default
+DEMO_DIR ?= out/demo-$(DEMO_CORPUS)-$(subst :,-,$(DEMO_MODEL))
 # Models load from installed packages; never reach for the Hugging Face hub.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -26,7 +27,7 @@ test: setup lint
 
 demo-index: setup
 	$(RETR) data fetch $(DEMO_CORPUS)
-	test -f $(DEMO_DIR)/index.json || $(RETR) index build $(DEMO_CORPUS) --out $(DEMO_DIR)
+	test -f $(DEMO_DIR)/index.json || $(RETR) index build $(DEMO_CORPUS) --out $(DEMO_DIR) --model $(DEMO_MODEL)
 
 demo-search: demo-index
 	$(RETR) search $(DEMO_DIR) --text "a red heart" -k 5

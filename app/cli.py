@@ -19,7 +19,7 @@ from indexing.embed import EmbedConfig
 from indexing.sources import ManifestColumns
 from retrieval import search as search_mod
 
-DEFAULT_MODEL = "retr:imagenet-bridge"
+DEFAULT_MODEL = "retr:default"
 
 app = typer.Typer(help="retr: image-text retrieval and dataset curation.", no_args_is_help=True)
 index_app = typer.Typer(help="Build, grow and inspect sharded FAISS indexes.", no_args_is_help=True)
@@ -231,12 +231,13 @@ def train_cmd(
 ) -> None:
     """Train the heads of a dual encoder on locked pretrained towers (rerun to resume)."""
     from indexing.cache import cache_dir
+    from retrieval.encoders.retr_models import tower_bridge
     from retrieval.training.config import read_config
     from retrieval.training.loop import train
 
     try:
         cfg = read_config(config)
-        report = train(cfg, _load_encoder("retr:imagenet-bridge", device), cache=cache_dir(), progress=not quiet)
+        report = train(cfg, tower_bridge(cfg.image_tower, device), cache=cache_dir(), progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
         raise _fail(str(e)) from e
     err.print(

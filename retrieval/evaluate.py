@@ -33,7 +33,7 @@ class PhotoQueries:
 
 def read_photo_queries(path: Path) -> PhotoQueries:
     obj = json.loads(Path(path).read_text())
-    queries = tuple((q["text"], frozenset(q["keys"])) for q in obj["queries"])
+    queries = tuple((q["query"], frozenset(q["relevant"])) for q in obj["queries"])
     if not queries:
         raise ValueError(f"{path} has no queries")
     return PhotoQueries(obj["corpus"], queries)

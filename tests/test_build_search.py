@@ -159,3 +159,15 @@ def test_resume_refuses_changed_parameters(colour_folder, tmp_path, pixel_encode
     other = EmbedConfig(batch_size=8, num_workers=0, chunk_size=7)
     with pytest.raises(ValueError, match="different parameters.*chunk_size"):
         build_index(items, out, pixel_encoder, IndexConfig(embed=other), progress=False)
+
+
+def test_index_files_get_ordinary_permissions(colour_folder, tmp_path, pixel_encoder):
+    """Atomic writes go through mkstemp (0600); the files users share must not stay owner-only."""
+    import os
+
+    out = tmp_path / "idx"
+    _build(colour_folder, out, pixel_encoder)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("index.json", "metadata.duckdb", "shards/image-000.faiss"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

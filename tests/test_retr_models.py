@@ -63,3 +63,19 @@ def test_registry_lists_families_and_rejects_bad_specs() -> None:
         load_encoder("retr:nope")
     res = CliRunner().invoke(cli.app, ["models", "list"])
     assert res.exit_code == 0 and "retr:imagenet-bridge" in res.output
+
+
+@pytest.mark.slow
+def test_committed_default_model_loads_and_ranks_known_pairs() -> None:
+    """retr:default = bridge ⊕ trained heads (retrieval/checkpoints/default); see its MODEL_CARD.md."""
+    default = load_encoder("retr:default")
+    assert default.dim == 768 and default.meta["train"]["bridge_score_weight"] == 0.5
+    xb = default.encode_images(_photos())
+    assert np.allclose(np.linalg.norm(xb, axis=1), 1, atol=1e-4)
+    known = {**KNOWN, "a man with a camera": "camera"}
+    top = np.argmax(default.encode_texts(list(known)) @ xb.T, axis=1)
+    assert [PHOTOS[i] for i in top] == list(known.values())
+    # colour words learned from emoji (the bridge alone cannot tell these apart)
+    swatches = default.encode_images([Image.new("RGB", (64, 64), c) for c in ("red", "blue", "green", "yellow")])
+    scores = default.encode_texts(["red heart", "blue heart"]) @ swatches.T
+    assert list(np.argmax(scores, axis=1)) == [0, 1]

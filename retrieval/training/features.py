@@ -2,7 +2,8 @@
 
 For every training image: `views` versions (view 0 clean on white, the others with a random
 resized crop, colour jitter and a random background behind transparency), each run through
-EfficientNet-Lite0 once -> pooled features (1280) and the ImageNet-bridge vector (384).
+EfficientNet-Lite0 once -> pooled features (1280), the ImageNet-bridge vector (384) and the
+8x8 colour thumbnail (192).
 For every caption x template string: its MiniLM vector (384), deduplicated.
 
 The result is cached under $RETR_CACHE/features/<hash of inputs> and reused by later runs.
@@ -27,14 +28,16 @@ from indexing.sources import Item, read_item_bytes
 from retrieval.encoders.base import ImagePreprocess
 from retrieval.training.config import AugmentConfig
 from retrieval.training.data import Pair
+from retrieval.training.model import THUMB_DIM, colour_thumbnail
 
-FEATURE_VERSION = 1  # bump when what is computed changes, so stale caches are not reused
+FEATURE_VERSION = 2  # bump when what is computed changes, so stale caches are not reused
 
 
 @dataclass(frozen=True)
 class Features:
     pooled: np.ndarray  # (N, V, 1280) float16, EfficientNet-Lite0 pooled features per view
     bridge: np.ndarray  # (N, V, 384) float16, unnormalised ImageNet-bridge vector per view
+    thumb: np.ndarray  # (N, V, 192) float16, 8x8 colour thumbnail per view
     ok: np.ndarray  # (N,) bool, False where the image could not be decoded
     texts: list[str]  # unique caption strings
     text_vectors: np.ndarray  # (T, 384) float32, MiniLM, unit norm
@@ -84,9 +87,10 @@ def _collate(batch: list[tuple[int, torch.Tensor | None]]) -> tuple[list[int], t
     return [i for i, _ in good], (torch.stack([x for _, x in good]) if good else None)
 
 
-def cache_key(pairs: Sequence[Pair], aug: AugmentConfig, texts: Sequence[str], seed: int) -> str:
+def cache_key(pairs: Sequence[Pair], aug: AugmentConfig, texts: Sequence[str], seed: int, towers: str) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"v": FEATURE_VERSION, "aug": asdict(aug), "seed": seed}, sort_keys=True).encode())
+    meta = {"v": FEATURE_VERSION, "aug": asdict(aug), "seed": seed, "towers": towers}
+    h.update(json.dumps(meta, sort_keys=True).encode())
     for p in pairs:
         h.update(f"{p.path}\0".encode())
     for t in texts:
@@ -99,12 +103,13 @@ def compute_features(
     batch_size: int = 64, num_workers: int = 2, progress: bool = True,
 ) -> Features:
     """Tower outputs for every (pair, view) and every text; cached by a hash of all inputs."""
-    folder = cache / "features" / cache_key(pairs, aug, texts, seed)
+    folder = cache / "features" / cache_key(pairs, aug, texts, seed, bridge.name)
     if (folder / "done.json").exists():
         return _load(folder)
     n, v = len(pairs), aug.views
     pooled = np.zeros((n * v, 1280), np.float16)
     mixed = np.zeros((n * v, 384), np.float16)
+    thumbs = np.zeros((n * v, THUMB_DIM), np.float16)
     ok = np.zeros(n * v, bool)
     loader = torch.utils.data.DataLoader(
         _ViewDataset(pairs, aug, bridge.preprocess, seed), batch_size=batch_size, num_workers=num_workers,
@@ -113,13 +118,16 @@ def compute_features(
     with tqdm(total=n * v, unit="view", desc="image features", disable=not progress) as bar, torch.inference_mode():
         for rows, pixels in loader:
             if pixels is not None:
-                p, b = bridge.image_features(bridge.preprocess.normalize(pixels.to(bridge.device)))
+                x = bridge.preprocess.normalize(pixels.to(bridge.device))
+                p, b = bridge.image_features(x)
                 pooled[rows], mixed[rows], ok[rows] = p.cpu().numpy(), b.cpu().numpy(), True
+                thumbs[rows] = colour_thumbnail(x).cpu().numpy()
             bar.update(min(batch_size, bar.total - bar.n))
     text_vectors = bridge.text_tower.encode(list(texts))
     folder.mkdir(parents=True, exist_ok=True)
     write_npy(folder / "pooled.npy", pooled.reshape(n, v, -1))
     write_npy(folder / "bridge.npy", mixed.reshape(n, v, -1))
+    write_npy(folder / "thumb.npy", thumbs.reshape(n, v, -1))
     write_npy(folder / "ok.npy", ok.reshape(n, v).all(axis=1))
     write_npy(folder / "text_vectors.npy", text_vectors)
     write_json(folder / "texts.json", list(texts))
@@ -131,6 +139,7 @@ def _load(folder: Path) -> Features:
     return Features(
         pooled=np.load(folder / "pooled.npy"),
         bridge=np.load(folder / "bridge.npy"),
+        thumb=np.load(folder / "thumb.npy"),
         ok=np.load(folder / "ok.npy"),
         texts=json.loads((folder / "texts.json").read_text()),
         text_vectors=np.load(folder / "text_vectors.npy"),

@@ -65,10 +65,28 @@ def _lr_at(step: int, total: int, base: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
-def _loss(heads: AlignedHeads, img: torch.Tensor, txt: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+def _loss(heads: AlignedHeads, img: torch.Tensor, txt: torch.Tensor, same: torch.Tensor, i2i: float) -> torch.Tensor:
     if heads.loss == "siglip":
-        return siglip_loss(img, txt, same, heads.log_t, heads.bias)
-    return clip_loss(img, txt, same, heads.log_t)
+        loss = siglip_loss(img, txt, same, heads.log_t, heads.bias)
+    else:
+        loss = clip_loss(img, txt, same, heads.log_t)
+    if i2i > 0:
+        # other drawings of the same key are positives; an image's similarity to itself says nothing
+        off_diagonal = ~torch.eye(len(img), dtype=torch.bool)
+        logits = (img @ img.T * heads.log_t_i2i.exp() + heads.bias_i2i)[off_diagonal]
+        labels = same[off_diagonal].float() * 2 - 1
+        loss = loss + i2i * -torch.nn.functional.logsigmoid(labels * logits).sum() / len(img)
+    return loss
+
+
+def _epoch_order(run: _Run, rng: np.random.Generator, key_batches: bool) -> np.ndarray:
+    """Item order for one epoch: shuffled items, or shuffled keys with each key's items adjacent."""
+    if not key_batches:
+        return rng.permutation(len(run.keys))
+    keys = run.keys.numpy()
+    order = np.argsort(keys, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(keys[order])) + 1)
+    return np.concatenate([groups[g] for g in rng.permutation(len(groups))])
 
 
 class _Run:
@@ -78,6 +96,7 @@ class _Run:
         keep = np.flatnonzero(feats.ok)
         self.pooled = torch.from_numpy(feats.pooled[keep])  # (N, V, 1280) fp16
         self.bridge = torch.from_numpy(feats.bridge[keep])  # (N, V, 384) fp16
+        self.thumb = torch.from_numpy(feats.thumb[keep])  # (N, V, 192) fp16
         self.texts = torch.from_numpy(feats.text_vectors)  # (T, 384)
         self.per_pair = [per_pair[i] for i in keep]
         _, key_ids = np.unique([pairs[i].key for i in keep], return_inverse=True)
@@ -88,7 +107,8 @@ class _Run:
         t = torch.from_numpy(np.array([rng.choice(self.per_pair[i]) for i in idx]))
         i = torch.from_numpy(idx)
         keys = self.keys[i]
-        return self.pooled[i, views], self.bridge[i, views], self.texts[t], keys[:, None] == keys[None, :]
+        same = keys[:, None] == keys[None, :]
+        return self.pooled[i, views], self.bridge[i, views], self.thumb[i, views], self.texts[t], same
 
 
 def _save_state(out: Path, heads: AlignedHeads, opt: torch.optim.Optimizer, epoch: int, rng, h: str, losses) -> None:
@@ -96,6 +116,26 @@ def _save_state(out: Path, heads: AlignedHeads, opt: torch.optim.Optimizer, epoc
              "config_hash": h, "losses": losses}
     with atomic_path(out / STATE) as tmp:
         torch.save(state, tmp)
+
+
+def _optimizer(heads: AlignedHeads, config: TrainConfig) -> torch.optim.Optimizer:
+    scalars = [heads.log_t, heads.bias, heads.log_t_i2i, heads.bias_i2i]  # temperatures and biases: no decay
+    decay = [p for p in heads.parameters() if all(p is not q for q in scalars)]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": scalars, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def _resume(out: Path, heads: AlignedHeads, opt, rng: np.random.Generator, h: str) -> tuple[int, list[float]]:
+    """(first epoch to run, per-epoch losses so far); loads the saved state into heads / opt / rng."""
+    if not (out / STATE).exists():
+        return 0, []
+    state = torch.load(out / STATE, weights_only=False)
+    if state["config_hash"] != h:
+        raise ValueError(f"{out} holds a run with a different config; use another `out` or delete {out / STATE}")
+    heads.load_state_dict(state["heads"])
+    opt.load_state_dict(state["opt"])
+    rng.bit_generator.state = state["rng"]
+    return state["epoch"], state["losses"]
 
 
 def train(config: TrainConfig, bridge, *, cache: Path, progress: bool = True) -> TrainReport:
@@ -112,37 +152,29 @@ def train(config: TrainConfig, bridge, *, cache: Path, progress: bool = True) ->
     run = _Run(feats, pairs, per_pair)
     torch.manual_seed(config.seed)
     heads = AlignedHeads(config.head, config.loss)
-    decay = [p for n, p in heads.named_parameters() if n not in ("log_t", "bias")]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                             {"params": [heads.log_t, heads.bias], "weight_decay": 0.0}], lr=config.lr)
+    opt = _optimizer(heads, config)
     rng = np.random.default_rng(config.seed)
-    h, start, losses = _config_hash(config), 0, []
-    if (out / STATE).exists():
-        state = torch.load(out / STATE, weights_only=False)
-        if state["config_hash"] != h:
-            raise ValueError(f"{out} holds a run with a different config; use another `out` or delete {out / STATE}")
-        heads.load_state_dict(state["heads"])
-        opt.load_state_dict(state["opt"])
-        rng.bit_generator.state = state["rng"]
-        start, losses = state["epoch"], state["losses"]
+    h = _config_hash(config)
+    start, losses = _resume(out, heads, opt, rng, h)
     n = len(run.keys)
     steps_per_epoch = n // config.batch_size
     total = steps_per_epoch * config.epochs
     heads.train()
     with tqdm(total=total, initial=start * steps_per_epoch, unit="step", desc="train", disable=not progress) as bar:
         for epoch in range(start, config.epochs):
-            perm = rng.permutation(n)
+            perm = _epoch_order(run, rng, config.key_batches)
             epoch_losses = []
             for s in range(steps_per_epoch):
                 step = epoch * steps_per_epoch + s
                 for g in opt.param_groups:
                     g["lr"] = _lr_at(step, total, config.lr)
-                pooled, bridge_v, txt, same = run.batch(perm[s * config.batch_size:(s + 1) * config.batch_size], rng)
-                loss = _loss(heads, heads.image(pooled, bridge_v), heads.text(txt), same)
+                rows = perm[s * config.batch_size:(s + 1) * config.batch_size]
+                pooled, bridge_v, thumb, txt, same = run.batch(rows, rng)
+                loss = _loss(heads, heads.image(pooled, bridge_v, thumb), heads.text(txt), same, config.i2i_weight)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                epoch_losses.append(float(loss))
+                epoch_losses.append(float(loss.detach()))
                 bar.update(1)
                 pairs_per_s = (bar.format_dict["rate"] or 0) * config.batch_size
                 bar.set_postfix(loss=f"{loss.item():.3f}", pairs_s=f"{pairs_per_s:.0f}")

@@ -1,12 +1,14 @@
 """Trainable heads that align locked EfficientNet-Lite0 features with the locked MiniLM text space.
 
-    image  = normalise( normalise(bridge) + head([layernorm(pooled), normalise(bridge)]) )   (B, 384)
+    image  = normalise( normalise(bridge) + head([layernorm(pooled), normalise(bridge), thumb]) )   (B, 384)
     text   = normalise( t + adapter(t) ),  t = MiniLM(caption)                               (B, 384)
 
 The last image-head layer and the text adapter start at zero, so an untrained model *is* the
 ImageNet bridge: training can only add to what the classifier already names, which keeps photo
 retrieval at least where the bridge is (the bar of the default-model issue) while icon-specific
-knowledge is learned. A checkpoint is a safetensors file plus the JSON config that rebuilds it.
+knowledge is learned. `thumb` is the image's 8x8 colour thumbnail: ImageNet features are
+nearly blind to colour ("a red heart" vs "a blue heart"), and a thumbnail is also what most
+distinguishes one emoji drawn by two vendors. A checkpoint is a safetensors file plus the JSON config that rebuilds it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ from indexing.atomic import atomic_path, write_json
 from retrieval.training.config import HeadConfig
 
 POOLED_DIM, TEXT_DIM = 1280, 384
+THUMB_SIDE = 8
+THUMB_DIM = 3 * THUMB_SIDE * THUMB_SIDE
+
+
+def colour_thumbnail(pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) normalised pixels -> (B, 192): the image averaged down to 8x8, per channel."""
+    return F.adaptive_avg_pool2d(pixels.float(), THUMB_SIDE).flatten(1)
 WEIGHTS, CONFIG = "head.safetensors", "head.json"
 
 
@@ -32,7 +41,7 @@ class AlignedHeads(nn.Module):
     def __init__(self, config: HeadConfig = HeadConfig(), loss: str = "siglip") -> None:
         super().__init__()
         self.config, self.loss = config, loss
-        d_in = POOLED_DIM + TEXT_DIM
+        d_in = POOLED_DIM + TEXT_DIM + THUMB_DIM
         if config.hidden:
             layers = [nn.Linear(d_in, config.hidden), nn.GELU(), nn.Linear(config.hidden, TEXT_DIM)]
             self.image_head = nn.Sequential(nn.Dropout(config.dropout), *layers)
@@ -47,11 +56,13 @@ class AlignedHeads(nn.Module):
         # SigLIP's initialisation: t = 10, b = -10 (few positives per row); CLIP's: 1 / 0.07.
         self.log_t = nn.Parameter(torch.tensor(math.log(10.0 if loss == "siglip" else 1 / 0.07)))
         self.bias = nn.Parameter(torch.tensor(-10.0))
+        self.log_t_i2i = nn.Parameter(torch.tensor(math.log(10.0)))  # image<->image term (config.i2i_weight)
+        self.bias_i2i = nn.Parameter(torch.tensor(-10.0))
 
-    def image(self, pooled: torch.Tensor, bridge: torch.Tensor) -> torch.Tensor:
-        """pooled (B, 1280), bridge (B, 384) -> (B, 384) unit rows."""
+    def image(self, pooled: torch.Tensor, bridge: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor:
+        """pooled (B, 1280), bridge (B, 384), thumb (B, 192) -> (B, 384) unit rows."""
         base = F.normalize(bridge.float(), dim=-1)
-        x = torch.cat([F.layer_norm(pooled.float(), (POOLED_DIM,)), base], dim=-1)  # (B, 1664)
+        x = torch.cat([F.layer_norm(pooled.float(), (POOLED_DIM,)), base, thumb.float()], dim=-1)  # (B, 1856)
         return F.normalize(base + self.image_head(x), dim=-1)
 
     def text(self, t: torch.Tensor) -> torch.Tensor:
@@ -65,7 +76,8 @@ class AlignedHeads(nn.Module):
 def save_heads(heads: AlignedHeads, folder: Path, extra: dict | None = None) -> None:
     """head.safetensors + head.json (config, loss, and whatever the trainer records), atomically."""
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
+    # float16 on disk halves the committed default checkpoint; cosine error ~1e-4, far below what ranks move by
+    state = {k: v.detach().cpu().half().contiguous() for k, v in heads.state_dict().items()}
     with atomic_path(folder / WEIGHTS) as tmp:
         save_file(state, str(tmp))
     write_json(folder / CONFIG, {"head": asdict(heads.config), "loss": heads.loss, **(extra or {})})
@@ -77,5 +89,5 @@ def load_heads(folder: Path, device: str = "cpu") -> tuple[AlignedHeads, dict]:
         raise ValueError(f"{folder} is not a trained retr model (needs {WEIGHTS} and {CONFIG})")
     meta = json.loads((folder / CONFIG).read_text())
     heads = AlignedHeads(HeadConfig(**meta["head"]), meta["loss"])
-    heads.load_state_dict(load_file(str(folder / WEIGHTS)))
+    heads.load_state_dict({k: v.float() for k, v in load_file(str(folder / WEIGHTS)).items()})
     return heads.to(device).eval(), meta
