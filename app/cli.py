@@ -265,8 +265,8 @@ def _print_eval(results: dict[str, dict[str, dict[str, float]]]) -> None:
     first = next(iter(results.values()))
     for section, metrics in first.items():
         for metric in metrics:
-            cells = [f"{results[s][section][metric]:.3f}" if metric[0] != "n" else str(results[s][section][metric])
-                     for s in results]
+            values = [results[s][section][metric] for s in results]
+            cells = [str(v) if isinstance(v, int) else f"{v:.3f}" for v in values]
             table.add_row(section, metric, *cells)
     Console().print(table)
 
