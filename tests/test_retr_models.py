@@ -8,6 +8,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from app import cli
+from indexing.cache import cache_dir
 from retrieval.encoders import list_models, load_encoder
 
 PHOTOS = ("chelsea", "coffee", "rocket", "horse", "astronaut", "camera", "brick", "moon")
@@ -79,3 +80,11 @@ def test_committed_default_model_loads_and_ranks_known_pairs() -> None:
     swatches = default.encode_images([Image.new("RGB", (64, 64), c) for c in ("red", "blue", "green", "yellow")])
     scores = default.encode_texts(["red heart", "blue heart"]) @ swatches.T
     assert list(np.argmax(scores, axis=1)) == [0, 1]
+
+
+@pytest.mark.slow
+def test_bridge_class_vectors_come_from_a_cache_equal_to_minilm(bridge) -> None:
+    prompts = [bridge.config.template.format(c) for c in bridge.class_names]
+    assert np.allclose(bridge.class_vectors.numpy(), bridge.text_tower.encode(prompts), atol=1e-6)
+    cached = list((cache_dir() / "assets").glob("bridge-prompts-*.npy"))
+    assert cached and np.load(cached[0]).shape == (1000, 384)

