@@ -237,7 +237,7 @@ def train_cmd(
 
     try:
         cfg = read_config(config)
-        report = train(cfg, tower_bridge(cfg.image_tower, device), cache=cache_dir(), progress=not quiet)
+        report = train(cfg, tower_bridge(cfg.image_tower, device, cfg.bridge), cache=cache_dir(), progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
         raise _fail(str(e)) from e
     err.print(

@@ -24,7 +24,7 @@ from indexing.archives import (
     verify_sha256,
 )
 from indexing.manifest import file_sha256
-from retrieval.encoders.imagenet_classes import class_names, fetch_wheel, read_asset_manifest
+from retrieval.encoders.imagenet_classes import class_glosses, class_names, fetch_wheel, read_asset_manifest
 
 
 class _FakeRegistry:
@@ -143,11 +143,13 @@ def test_extract_keeps_only_the_wanted_prefixes(tmp_path):
 
 
 def _imagenet_wheel(path: Path) -> Path:
-    """A wheel-shaped zip with timm's two class files: 1000 synsets, listed in reverse id order."""
+    """A wheel-shaped zip with timm's class files: 1000 synsets, listed in reverse id order."""
     asset = read_asset_manifest()
     wnids = [f"n{i:08d}" for i in reversed(range(1000))]
     lemmas = "\n".join(f"{w}\tclass {w[-4:]}, synonym" for w in sorted(wnids))
-    return _zip(path, {asset.synsets_file: "\n".join(wnids), asset.lemmas_file: lemmas})
+    glosses = "\n".join(f"{w}\tthe  thing\tnumbered {w[-4:]}" for w in sorted(wnids))
+    files = {asset.synsets_file: "\n".join(wnids), asset.lemmas_file: lemmas, asset.definitions_file: glosses}
+    return _zip(path, files)
 
 
 def test_imagenet_wheel_pin_reads_from_its_manifest():
@@ -171,3 +173,18 @@ def test_imagenet_class_names_are_first_lemmas_in_synset_order(tmp_path):
     wheel = _imagenet_wheel(tmp_path / "timm.whl")
     names = class_names(wheel, read_asset_manifest())
     assert len(names) == 1000 and names[:2] == ["class 0999", "class 0998"] and names[-1] == "class 0000"
+
+
+def test_imagenet_class_glosses_follow_the_same_order_whitespace_folded(tmp_path):
+    wheel = _imagenet_wheel(tmp_path / "timm.whl")
+    glosses = class_glosses(wheel, read_asset_manifest())
+    assert glosses[0] == "the thing numbered 0999" and glosses[-1] == "the thing numbered 0000"
+
+
+def test_imagenet_class_file_missing_a_class_is_refused(tmp_path):
+    asset = read_asset_manifest()
+    wnids = [f"n{i:08d}" for i in range(1000)]
+    wheel = _zip(tmp_path / "t.whl", {asset.synsets_file: "\n".join(wnids), asset.lemmas_file: "",
+                                      asset.definitions_file: "\n".join(f"{w}\tx" for w in wnids[1:])})
+    with pytest.raises(ValueError, match="lacks 1 of the classes, e.g. n00000000"):
+        class_glosses(wheel, asset)

@@ -37,6 +37,7 @@ from indexing.corpora import (
     parse_iso_flags,
     parse_openclipart,
     parse_openmoji,
+    parse_tuxpaint_stamps,
     read_clipart_meta,
     repeated_titles,
     split_for_key,
@@ -517,6 +518,41 @@ def test_skimage_photos_are_all_test_with_a_licence_and_our_caption_each():
     assert {i["licence"] for i in images} <= {"CC0-1.0", "public-domain", "no-known-copyright-restrictions"}
 
 
+TUXPAINT_PARAMS = {"stamps_dir": "stamps", "exclude_dirs": ["cartoon", "symbols"], "val_fraction": 0.5}
+
+
+def _stamp(root: Path, rel: str, description: str | None) -> None:
+    _png(root / "stamps" / f"{rel}.png", (200, 30, 30))
+    if description is not None:
+        (root / "stamps" / f"{rel}.txt").write_text(description, encoding="utf-8")
+
+
+def test_parse_tuxpaint_stamps_captions_photos_and_leaves_out_cartoons_symbols_and_undescribed(tmp_path):
+    _stamp(tmp_path, "animals/birds/heron_greatblue", "A great blue heron.\nfr.utf8=Un grand héron bleu.\n")
+    _stamp(tmp_path, "food/fruit/banana", "A banana.")
+    _stamp(tmp_path, "food/fruit/banana_peeled", "A  banana.\n")  # described alike: the same key
+    _stamp(tmp_path, "food/fruit/cartoon/banana", "A banana.")
+    _stamp(tmp_path, "symbols/shapes/star", "A star.")
+    _stamp(tmp_path, "household/lamp", None)
+    _stamp(tmp_path, "household/mug", "\n")
+    parsed = parse_tuxpaint_stamps(tmp_path, _corpus("tuxpaint-stamps", TUXPAINT_PARAMS, name="tux"))
+    rows = {r["stamp"]: r for r in parsed.table.to_pylist()}
+    assert sorted(rows) == ["animals/birds/heron_greatblue", "food/fruit/banana", "food/fruit/banana_peeled"]
+    heron = rows["animals/birds/heron_greatblue"]
+    assert (heron["caption"], heron["key"]) == ("A great blue heron", "a great blue heron")
+    assert heron["category"] == "animals/birds"
+    assert rows["food/fruit/banana"]["key"] == rows["food/fruit/banana_peeled"]["key"] == "a banana"
+    assert {r["split"] for r in rows.values()} <= {"val", "test"}  # evaluation only: never "train"
+    assert parsed.skipped_by_reason == {"excluded": 2, "no_description": 2}
+
+
+def test_tuxpaint_photos_is_evaluation_only_with_its_gpl_licence_stated():
+    spec = find_corpus("tuxpaint-photos", manifest_dir())
+    assert spec.licence == "GPL-2.0-or-later" and "never train" in json.loads(spec.spec_json)["use"]
+    share = sum(corpora.holdout_split(f"k{i}", 0.5) == "val" for i in range(4000)) / 4000
+    assert 0.45 < share < 0.55
+
+
 # ---------------------------------------------------------------------------------------------------
 # data_manifests/eval/: hand-written queries, evaluation only
 
@@ -683,6 +719,22 @@ def test_fetch_real_skimage_photos_from_pypi(tmp_path):
     assert {it.extra["key"] for it in items} >= {"astronaut", "coffee", "chelsea", "rocket", "camera", "horse"}
     with Image.open(next(it.path for it in items if it.extra["key"] == "astronaut")) as im:
         assert im.size == (512, 512)
+
+
+@pytest.mark.slow
+def test_fetch_real_tuxpaint_photos_from_debian(tmp_path):
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        pytest.skip("needs apt-get and dpkg-deb (Debian or Ubuntu)")
+    try:
+        result = _fetch_real("tuxpaint-photos", tmp_path)  # a 161 MB .deb, 218 MB unpacked
+        assert (result.n_items, result.n_skipped) == (430, 366)
+        meta = pq.read_schema(result.manifest_path).metadata
+        assert json.loads(meta[b"retr.skipped_by_reason"]) == {"excluded": 357, "no_description": 9}
+        rows = pq.read_table(result.manifest_path, columns=["caption", "split"]).to_pylist()
+        assert {r["split"] for r in rows} == {"val", "test"}
+        assert {"A great blue heron", "A banana", "A kiwifruit"} <= {r["caption"] for r in rows}
+    finally:
+        shutil.rmtree(tmp_path / "corpora", ignore_errors=True)
 
 
 @pytest.mark.slow

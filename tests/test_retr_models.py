@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -68,9 +69,10 @@ def test_registry_lists_families_and_rejects_bad_specs() -> None:
 
 @pytest.mark.slow
 def test_committed_default_model_loads_and_ranks_known_pairs() -> None:
-    """retr:default = bridge ⊕ trained heads (retrieval/checkpoints/default); see its MODEL_CARD.md."""
+    """retr:default = bridge ⊕ trained heads ⊕ instance block (retrieval/checkpoints/default); see its MODEL_CARD.md."""
     default = load_encoder("retr:default")
-    assert default.dim == 768 and default.meta["train"]["bridge_score_weight"] == 0.5
+    train = default.meta["train"]
+    assert default.dim == 1024 and (train["bridge_score_weight"], train["instance_score_weight"]) == (0.5, 0.5)
     xb = default.encode_images(_photos())
     assert np.allclose(np.linalg.norm(xb, axis=1), 1, atol=1e-4)
     known = {**KNOWN, "a man with a camera": "camera"}
@@ -88,3 +90,53 @@ def test_bridge_class_vectors_come_from_a_cache_equal_to_minilm(bridge) -> None:
     assert np.allclose(bridge.class_vectors.numpy(), bridge.text_tower.encode(prompts), atol=1e-6)
     cached = list((cache_dir() / "assets").glob("bridge-prompts-*.npy"))
     assert cached and np.load(cached[0]).shape == (1000, 384)
+
+
+@pytest.mark.slow
+def test_bridge_with_glosses_appends_each_classes_wordnet_definition() -> None:
+    from retrieval.encoders.retr_models import tower_bridge
+    from retrieval.training.config import BridgeConfig
+
+    glossed = tower_bridge("efficientnet-lite0", config=BridgeConfig(top_k=10, glosses=True))
+    prompts = glossed.prompts()
+    hen = glossed.class_names.index("hen")
+    assert prompts[hen] == "a photo of a hen, adult female bird"
+    assert np.allclose(glossed.class_vectors.numpy()[hen], glossed.text_tower.encode([prompts[hen]])[0], atol=1e-5)
+    # cached features are re-mixed without the CNN: pooled -> logits -> the same bridge vector
+    pixels = glossed.preprocess.normalize(torch.stack([glossed.preprocess.to_uint8(im) for im in _photos()[:2]]))
+    pooled, mixed = glossed.image_features(pixels)
+    assert torch.allclose(glossed.bridge_from_pooled(pooled), mixed, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_instance_block_changes_image_image_scores_only(tmp_path) -> None:
+    """Packed vectors: text->image ranks as the bridge/trained ensemble; image->image adds the instance score."""
+    from retrieval.training.config import HeadConfig
+    from retrieval.training.model import AlignedHeads, colour_thumbnail, save_heads
+
+    torch.manual_seed(0)
+    heads = AlignedHeads(HeadConfig(hidden=0, instance_dim=16))
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.normal_(0, 0.05)
+    w, c = 0.5, 0.4
+    train = {"bridge_score_weight": w, "instance_score_weight": c, "bridge": {"top_k": 5}}
+    save_heads(heads, tmp_path, {"train": train})
+    enc = load_encoder(f"retr:{tmp_path}")
+    assert enc.dim == 384 * 2 + 16
+    photos, queries = _photos(), list(KNOWN)
+    xi, xt = enc.encode_images(photos), enc.encode_texts(queries)
+    assert np.allclose(xt[:, 768:], 0) and np.allclose(np.linalg.norm(xi, axis=1), 1, atol=1e-4)
+    heads = enc.heads
+    pixels = enc.preprocess.normalize(torch.stack([enc.preprocess.to_uint8(im) for im in photos]))
+    with torch.no_grad():
+        pooled, bridge = enc.bridge.image_features(pixels)
+        thumb = colour_thumbnail(pixels)
+        b = torch.nn.functional.normalize(bridge, dim=-1).numpy()
+        t = heads.image(pooled, bridge, thumb).numpy()
+        inst = heads.instance(pooled, thumb).numpy()
+        q = torch.from_numpy(enc.bridge.text_tower.encode(queries))
+        qb, qt = torch.nn.functional.normalize(q, dim=-1).numpy(), heads.text(q).numpy()
+    ensemble = w * qb @ b.T + (1 - w) * qt @ t.T
+    assert np.allclose(xt @ xi.T, (1 - c) ** 0.5 * ensemble, atol=1e-4)
+    assert np.allclose(xi @ xi.T, (1 - c) * (w * b @ b.T + (1 - w) * t @ t.T) + c * inst @ inst.T, atol=1e-4)

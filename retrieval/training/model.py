@@ -2,6 +2,7 @@
 
     image  = normalise( normalise(bridge) + head([layernorm(pooled), normalise(bridge), thumb]) )   (B, 384)
     text   = normalise( t + adapter(t) ),  t = MiniLM(caption)                               (B, 384)
+    instance = normalise( linear([layernorm(pooled), thumb]) )     (B, instance_dim), optional, images only
 
 The last image-head layer and the text adapter start at zero, so an untrained model *is* the
 ImageNet bridge: training can only add to what the classifier already names, which keeps photo
@@ -58,12 +59,34 @@ class AlignedHeads(nn.Module):
         self.bias = nn.Parameter(torch.tensor(-10.0))
         self.log_t_i2i = nn.Parameter(torch.tensor(math.log(10.0)))  # image<->image term (config.i2i_weight)
         self.bias_i2i = nn.Parameter(torch.tensor(-10.0))
+        self.instance_head = None
+        if config.instance_dim:
+            linear = nn.Linear(POOLED_DIM + THUMB_DIM, config.instance_dim)
+            self.instance_head = nn.Sequential(nn.Dropout(config.dropout), linear)
+            self.log_t_inst = nn.Parameter(torch.tensor(math.log(10.0)))
+            self.bias_inst = nn.Parameter(torch.tensor(-10.0))
+
+    def scalars(self) -> list[nn.Parameter]:
+        """Temperatures and biases (kept out of weight decay)."""
+        extra = [self.log_t_inst, self.bias_inst] if self.instance_head is not None else []
+        return [self.log_t, self.bias, self.log_t_i2i, self.bias_i2i, *extra]
 
     def image(self, pooled: torch.Tensor, bridge: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor:
         """pooled (B, 1280), bridge (B, 384), thumb (B, 192) -> (B, 384) unit rows."""
         base = F.normalize(bridge.float(), dim=-1)
-        x = torch.cat([F.layer_norm(pooled.float(), (POOLED_DIM,)), base, thumb.float()], dim=-1)  # (B, 1856)
+        thumb = thumb.float()
+        if self.training and self.config.thumb_dropout > 0:  # whole thumbnails, per sample, inverted scaling
+            keep = torch.rand(len(thumb), 1, device=thumb.device) >= self.config.thumb_dropout
+            thumb = thumb * keep / (1 - self.config.thumb_dropout)
+        x = torch.cat([F.layer_norm(pooled.float(), (POOLED_DIM,)), base, thumb], dim=-1)  # (B, 1856)
         return F.normalize(base + self.image_head(x), dim=-1)
+
+    def instance(self, pooled: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor:
+        """pooled (B, 1280), thumb (B, 192) -> (B, instance_dim) unit rows, for image<->image scores."""
+        if self.instance_head is None:
+            raise ValueError("these heads were trained without an instance head (head.instance_dim = 0)")
+        x = torch.cat([F.layer_norm(pooled.float(), (POOLED_DIM,)), thumb.float()], dim=-1)
+        return F.normalize(self.instance_head(x), dim=-1)
 
     def text(self, t: torch.Tensor) -> torch.Tensor:
         """MiniLM vectors (B, 384) -> (B, 384) unit rows."""
