@@ -27,7 +27,7 @@ test: setup lint
 
 demo-index: setup
 	$(RETR) data fetch $(DEMO_CORPUS)
-	test -f $(DEMO_DIR)/index.json || $(RETR) index build $(DEMO_CORPUS) --out $(DEMO_DIR) --model $(DEMO_MODEL)
+	$(RETR) index build $(DEMO_CORPUS) --out $(DEMO_DIR) --model $(DEMO_MODEL) --replace-stale
 
 demo-search: demo-index
 	$(RETR) search $(DEMO_DIR) --text "a red heart" -k 5

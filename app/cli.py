@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +17,7 @@ from indexing import build as build_mod
 from indexing import resolve
 from indexing.choose import parse_memory
 from indexing.embed import EmbedConfig
+from indexing.manifest import model_mismatch, read_manifest
 from indexing.sources import ManifestColumns
 from retrieval import search as search_mod
 
@@ -113,6 +115,10 @@ def index_build(
     precision: Precision = "fp32",
     image_column: Annotated[str, typer.Option(help="Manifest column with image paths/URLs.")] = "image",
     caption_column: Annotated[str, typer.Option(help="Manifest column with captions.")] = "caption",
+    replace_stale: Annotated[
+        bool, typer.Option(help="If OUT holds a finished index: keep it if MODEL still loads the weights it was "
+                           "built with, else delete and rebuild it.")
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Embed SOURCE and build a sharded index in OUT (rerun the same command to resume)."""
@@ -122,6 +128,13 @@ def index_build(
         )
         items = resolve.resolve_items(source, ManifestColumns(image_column, caption_column), progress=not quiet)
         encoder = _load_encoder(model, device)
+        if replace_stale and (out / "index.json").exists():
+            why = model_mismatch(read_manifest(out), encoder)
+            if why is None:
+                err.print(f"{out} is up to date with {encoder.name}; kept")
+                return
+            err.print(f"rebuilding {out}: {why}")
+            shutil.rmtree(out)
         report = build_mod.build_index(items, out, encoder, config, source=source, progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
         raise _fail(str(e)) from e
@@ -140,8 +153,6 @@ def index_add(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Append items of SOURCE that INDEX does not hold yet (by path), without rebuilding."""
-    from indexing.manifest import read_manifest
-
     try:
         manifest = read_manifest(index)
         config = build_mod.IndexConfig(device=device, embed=EmbedConfig(batch_size=batch_size, num_workers=workers))

@@ -32,6 +32,7 @@ from indexing.manifest import (
     VectorIndexInfo,
     file_sha256,
     git_sha,
+    model_mismatch,
     read_manifest,
     with_shards,
     write_manifest,
@@ -230,6 +231,7 @@ def build_index(
     write_parquet(index_dir / "rejects.parquet", rejects)
     manifest = IndexManifest(
         model=encoder.name,
+        model_weights=encoder.weights_id,
         dim=encoder.dim,
         image=image,
         text=text,
@@ -275,8 +277,8 @@ def add_to_index(
     t0 = time.perf_counter()
     index_dir = Path(index_dir)
     manifest = read_manifest(index_dir)
-    if encoder.name != manifest.model:
-        raise ValueError(f"index was built with {manifest.model!r}, not {encoder.name!r}; add with the same --model")
+    if why := model_mismatch(manifest, encoder):
+        raise ValueError(f"cannot add to {index_dir}: {why}; rebuild it with `retr index build`, or add with its model")
     store = MetadataStore(index_dir / "metadata.duckdb")
     try:
         known = store.ids_with_paths([it.path for it in items], segments=manifest.segments)

@@ -145,6 +145,7 @@ def job_params(encoder: Encoder, items: Sequence[Item], config: EmbedConfig, sta
         "chunk_size": config.chunk_size,
         "storage_dtype": config.storage_dtype,
         "limits": asdict(config.limits),
+        **({"weights": encoder.weights_id} if encoder.weights_id else {}),
     }
 
 

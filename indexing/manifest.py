@@ -56,6 +56,7 @@ class IndexManifest:
     next_id: int  # first id `index add` will assign
     n_rejected: int
     metric: str = "inner_product"
+    model_weights: str = ""  # the encoder's weights_id at build time ("" when its name pins the weights)
     format_version: int = FORMAT_VERSION
     provenance: dict = field(default_factory=dict)  # retr version, git sha, source, created
 
@@ -76,6 +77,19 @@ class IndexManifest:
             **{**obj, "image": vec(obj["image"]), "text": vec(obj["text"]), "segments": tuple(obj["segments"])}
         )
 
+
+
+def model_mismatch(manifest: IndexManifest, encoder) -> str | None:
+    """Why `encoder` cannot query or extend this index (None when it can): another model, other
+    weights under the same name (a retrained checkpoint), or another vector size."""
+    if encoder.name != manifest.model:
+        return f"it was built with {manifest.model!r}, not {encoder.name!r}"
+    if manifest.model_weights and encoder.weights_id != manifest.model_weights:
+        return (f"it was built with {manifest.model} weights {manifest.model_weights}, and that name now "
+                f"loads {encoder.weights_id or 'other weights'}")
+    if encoder.dim != manifest.dim:
+        return f"it holds {manifest.dim}-d vectors and {encoder.name} now gives {encoder.dim}-d"
+    return None
 
 def read_manifest(index_dir: Path) -> IndexManifest:
     path = Path(index_dir) / MANIFEST_NAME

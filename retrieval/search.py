@@ -20,7 +20,7 @@ import numpy as np
 
 from indexing.decode import DecodeError, decode_image
 from indexing.faiss_build import read_index
-from indexing.manifest import IndexManifest, VectorIndexInfo, read_manifest
+from indexing.manifest import IndexManifest, VectorIndexInfo, model_mismatch, read_manifest
 from indexing.metadata import MetadataStore
 from indexing.store import gather_vectors
 from indexing.tune import apply_search_param
@@ -123,6 +123,10 @@ class RetrievalIndex:
                 self._encoder = load_encoder(self.manifest.model)
             else:
                 self._encoder = self._encoder_factory(self.manifest.model)
+            if why := model_mismatch(self.manifest, self._encoder):
+                self._encoder = None
+                rebuild = f"retr index build SOURCE --out {self.dir} --model {self.manifest.model} --replace-stale"
+                raise ValueError(f"cannot query {self.dir} with text or new images: {why}. Rebuild it: {rebuild}")
         return self._encoder
 
     def close(self) -> None:

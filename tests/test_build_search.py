@@ -159,6 +159,10 @@ def test_resume_refuses_changed_parameters(colour_folder, tmp_path, pixel_encode
     other = EmbedConfig(batch_size=8, num_workers=0, chunk_size=7)
     with pytest.raises(ValueError, match="different parameters.*chunk_size"):
         build_index(items, out, pixel_encoder, IndexConfig(embed=other), progress=False)
+    retrained = PixelEncoder()
+    retrained.weights_id = "sha256:new"  # same name, new weights: its vectors must not join the old ones
+    with pytest.raises(ValueError, match="different parameters.*weights: on disk None, now 'sha256:new'"):
+        build_index(items, out, retrained, IndexConfig(embed=SMALL), progress=False)
 
 
 def test_index_files_get_ordinary_permissions(colour_folder, tmp_path, pixel_encoder):
@@ -171,3 +175,26 @@ def test_index_files_get_ordinary_permissions(colour_folder, tmp_path, pixel_enc
     os.umask(umask)
     for name in ("index.json", "metadata.duckdb", "shards/image-000.faiss"):
         assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+class RetrainedPixelEncoder(PixelEncoder):
+    """The same model name with other weights: what a retrained `retr:default` looks like."""
+
+    weights_id = "sha256:bbbb"
+
+
+def test_an_index_refuses_a_model_whose_weights_changed_under_its_name(colour_folder, tmp_path):
+    old = PixelEncoder()
+    old.weights_id = "sha256:aaaa"
+    out = tmp_path / "idx"
+    _build(colour_folder, out, old)
+    assert json.loads((out / "index.json").read_text())["model_weights"] == "sha256:aaaa"
+    assert open_index(out, encoder_factory=lambda spec: old).search(text="blue", k=1).results
+    stale = open_index(out, encoder_factory=lambda spec: RetrainedPixelEncoder())
+    with pytest.raises(ValueError, match=r"weights sha256:aaaa, and that name now loads sha256:bbbb.*--replace-stale"):
+        stale.search(text="blue", k=1)
+    assert stale.search(image_id=0, k=1).results  # stored vectors still answer image-id queries
+    extra = tmp_path / "extra"
+    write_colour_folder(extra, per_colour=1, bad=False)
+    with pytest.raises(ValueError, match="cannot add to .*weights sha256:aaaa"):
+        add_to_index(list_items(str(extra)), out, RetrainedPixelEncoder(), IndexConfig(embed=SMALL), progress=False)

@@ -77,3 +77,26 @@ def test_search_json_and_batch_queries(monkeypatch, tmp_path):
 def test_search_missing_index_is_clear(tmp_path: Path):
     res = runner.invoke(cli.app, ["search", str(tmp_path / "none"), "--text", "x"])
     assert res.exit_code == 2 and "not a retr index" in res.output
+
+
+def test_index_build_replace_stale_keeps_a_current_index_and_rebuilds_a_stale_one(monkeypatch, colour_folder, tmp_path):
+    from tests.conftest import PixelEncoder
+
+    encoders = {"old": PixelEncoder(), "new": PixelEncoder()}
+    encoders["old"].weights_id, encoders["new"].weights_id = "sha256:old", "sha256:new"
+    monkeypatch.setattr(cli, "_load_encoder", lambda spec, device: encoders[spec])
+    out = tmp_path / "idx"
+
+    def build(weights: str) -> str:
+        res = runner.invoke(cli.app, ["index", "build", str(colour_folder), "--out", str(out), "--model", weights,
+                                      "--workers", "0", "--replace-stale", "--quiet"])
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    build("old")
+    first = (out / "index.json").stat().st_mtime_ns
+    assert "up to date" in build("old") and (out / "index.json").stat().st_mtime_ns == first
+    assert "rebuilding" in build("new")
+    assert json.loads((out / "index.json").read_text())["model_weights"] == "sha256:new"
+    plain = runner.invoke(cli.app, ["index", "build", str(colour_folder), "--out", str(out), "--model", "new"])
+    assert plain.exit_code == 2 and "already holds an index" in plain.output

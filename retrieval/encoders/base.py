@@ -75,6 +75,10 @@ class Encoder(abc.ABC):
     dim: int
     preprocess: ImagePreprocess
     device: str = "cpu"
+    # Identifies the weights when they can change under the same name (a retrained `retr:default`);
+    # indexes and embedding jobs record it so vectors of two different models never mix. Empty
+    # when the name itself pins the weights.
+    weights_id: str = ""
 
     @abc.abstractmethod
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:

@@ -130,10 +130,12 @@ class AlignedEncoder(Encoder):
     preprocess = EFFICIENTNET_LITE0_PREPROCESS
 
     def __init__(self, name: str, folder: Path, device: str = "cpu") -> None:
-        from retrieval.training.model import load_heads
+        from indexing.manifest import file_sha256
+        from retrieval.training.model import WEIGHTS, load_heads
 
         self.name, self.device = name, device
         self.heads, self.meta = load_heads(folder, device)
+        self.weights_id = "sha256:" + file_sha256(Path(folder) / WEIGHTS)[:16]
         train = self.meta.get("train", {})
         bridge_config = BridgeConfig(**train.get("bridge", {}))
         self.bridge = tower_bridge(train.get("image_tower", IMAGE_TOWERS[0]), device, bridge_config)
