@@ -267,6 +267,11 @@ def _model_spec(model_or_index: str) -> str:
     return model_or_index
 
 
+def _slug(name: str) -> str:
+    """A file-name-safe version of a model spec or section name: 'retr:default' -> 'retr-default'."""
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip("-.") or "model"
+
+
 def _print_eval(results: dict[str, dict[str, dict[str, float]]]) -> None:
     table = Table(title="retrieval metrics (held-out split)")
     table.add_column("set")
@@ -291,9 +296,14 @@ def eval_cmd(
     split: Annotated[str, typer.Option(help="Which split to evaluate on.")] = "test",
     device: Device = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    sheet: Annotated[
+        Path | None, typer.Option(help="Folder for contact sheets: example queries and their top hits, per model, set.")
+    ] = None,
+    sheet_queries: Annotated[int, typer.Option(help="Queries per contact sheet.", min=1, max=100)] = 8,
 ) -> None:
     """R@1/5/10 text→image, image→text, cross-style image→image and photo queries, per model."""
     from retrieval.evaluate import EvalPlan, evaluate
+    from retrieval.sheets import draw_sheet
 
     try:
         pairs = []
@@ -302,13 +312,18 @@ def eval_cmd(
             if not sep or not a or not b:
                 raise ValueError(f"--cross takes A:B, got {c!r}")
             pairs.append((a, b))
-        plan = EvalPlan(tuple(manifest), tuple(pairs), queries, split)
+        plan = EvalPlan(tuple(manifest), tuple(pairs), queries, split, sheet_queries if sheet else 0)
         if not (plan.corpora or plan.cross or plan.photo_queries):
             raise ValueError("nothing to evaluate: give --manifest, --cross or --queries")
         results = {}
         for m in models:
             spec = _model_spec(m)
-            results[spec] = evaluate(_load_encoder(spec, device), plan)
+            result = evaluate(_load_encoder(spec, device), plan)
+            results[spec] = result.metrics
+            for section, examples in result.examples.items() if sheet else ():
+                path = sheet / _slug(spec) / f"{_slug(section)}.png"
+                draw_sheet(examples, path, title=f"{spec} · {section} ({split} split)")
+                err.print(f"sheet: {path}")
     except (ValueError, FileNotFoundError) as e:
         raise _fail(str(e)) from e
     if as_json:

@@ -6,6 +6,9 @@
 - cross-style image→image R@k: an image of corpus A queries corpus B's images of the same split;
   the hit is B's drawing of the same key (Noto ↔ Twemoji).
 - photo queries R@k: hand-written natural-language queries over real photos, never trained on.
+
+Each section also keeps `EvalPlan.examples` of its queries (spread evenly over the set) with their
+top hits, for the contact sheets `retr eval --sheet` draws (retrieval.sheets).
 """
 
 from __future__ import annotations
@@ -23,6 +26,33 @@ from retrieval.encoders.base import Encoder
 from retrieval.training.data import Pair, load_pairs
 
 KS = (1, 5, 10)
+EXAMPLE_HITS = 5  # hits kept per example query
+
+
+@dataclass(frozen=True)
+class Hit:
+    path: str
+    caption: str
+    correct: bool
+
+
+@dataclass(frozen=True)
+class Example:
+    query: str  # the text, or the query image's caption
+    query_image: str | None  # the query image's path, for image queries
+    hits: tuple[Hit, ...]
+
+
+@dataclass(frozen=True)
+class Section:
+    metrics: dict[str, float]
+    examples: tuple[Example, ...] = ()
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    metrics: dict[str, dict[str, float]]  # {section: {metric: value}}
+    examples: dict[str, tuple[Example, ...]]  # {section: example queries with their top hits}
 
 
 @dataclass(frozen=True)
@@ -68,33 +98,57 @@ def _keys(pairs: Sequence[Pair], rows: np.ndarray) -> np.ndarray:
     return np.asarray([pairs[i].key for i in rows])
 
 
-def text_image_recall(encoder: Encoder, pairs: Sequence[Pair]) -> dict[str, float]:
+def top_examples(
+    scores: np.ndarray, relevant: np.ndarray, queries: Sequence[tuple[str, str | None]], gallery: Sequence[Pair], n: int
+) -> tuple[Example, ...]:
+    """`n` queries spread evenly over the set, each with its EXAMPLE_HITS best gallery items."""
+    if n <= 0 or len(scores) == 0:
+        return ()
+    picks = np.unique(np.linspace(0, len(scores) - 1, min(n, len(scores))).round().astype(int))
+    out = []
+    for q in picks:
+        top = np.argsort(-scores[q], kind="stable")[:EXAMPLE_HITS]
+        hits = tuple(Hit(gallery[j].path, gallery[j].captions[0], bool(relevant[q, j])) for j in top)
+        out.append(Example(queries[q][0], queries[q][1], hits))
+    return tuple(out)
+
+
+def text_image_recall(encoder: Encoder, pairs: Sequence[Pair], examples: int = 0) -> Section:
     xb, rows = embed_images(encoder, pairs)
     img_keys = _keys(pairs, rows)
     captions = [pairs[i].captions[0] for i in rows]
     xt = encoder.encode_texts(captions)
     same = img_keys[:, None] == img_keys[None, :]  # (texts, images): rows and columns follow `rows`
-    t2i = recall_at(xt @ xb.T, same)
+    scores = xt @ xb.T
+    t2i = recall_at(scores, same)
     i2t = recall_at(xb @ xt.T, same.T)
-    return {**{f"t2i_R@{k}": v for k, v in t2i.items()}, **{f"i2t_R@{k}": v for k, v in i2t.items()}, "n": len(rows)}
+    metrics = {**{f"t2i_R@{k}": v for k, v in t2i.items()}, **{f"i2t_R@{k}": v for k, v in i2t.items()}}
+    shown = top_examples(scores, same, [(c, None) for c in captions], [pairs[i] for i in rows], examples)
+    return Section({**metrics, "n": len(rows)}, shown)
 
 
-def cross_style_recall(encoder: Encoder, a: Sequence[Pair], b: Sequence[Pair]) -> dict[str, float]:
+def cross_style_recall(encoder: Encoder, a: Sequence[Pair], b: Sequence[Pair], examples: int = 0) -> Section:
     xa, ra = embed_images(encoder, a)
     xb, rb = embed_images(encoder, b)
     ka, kb = _keys(a, ra), _keys(b, rb)
     shared = np.isin(ka, kb)
-    r = recall_at(xa[shared] @ xb.T, ka[shared][:, None] == kb[None, :])
-    return {**{f"i2i_R@{k}": v for k, v in r.items()}, "n": int(shared.sum())}
+    scores, relevant = xa[shared] @ xb.T, ka[shared][:, None] == kb[None, :]
+    r = recall_at(scores, relevant)
+    queries = [(a[i].captions[0], a[i].path) for i in ra[shared]]
+    shown = top_examples(scores, relevant, queries, [b[i] for i in rb], examples)
+    return Section({**{f"i2i_R@{k}": v for k, v in r.items()}, "n": int(shared.sum())}, shown)
 
 
-def photo_query_recall(encoder: Encoder, photos: Sequence[Pair], queries: PhotoQueries) -> dict[str, float]:
+def photo_query_recall(encoder: Encoder, photos: Sequence[Pair], queries: PhotoQueries, examples: int = 0) -> Section:
     xb, rows = embed_images(encoder, photos)
     keys = _keys(photos, rows)
     xq = encoder.encode_texts([t for t, _ in queries.queries])
     relevant = np.stack([np.isin(keys, list(ks)) for _, ks in queries.queries])
-    r = recall_at(xq @ xb.T, relevant)
-    return {**{f"photo_R@{k}": v for k, v in r.items()}, "n": len(queries.queries), "gallery": len(rows)}
+    scores = xq @ xb.T
+    r = recall_at(scores, relevant)
+    shown = top_examples(scores, relevant, [(t, None) for t, _ in queries.queries], [photos[i] for i in rows], examples)
+    metrics = {**{f"photo_R@{k}": v for k, v in r.items()}, "n": len(queries.queries), "gallery": len(rows)}
+    return Section(metrics, shown)
 
 
 @dataclass(frozen=True)
@@ -103,18 +157,19 @@ class EvalPlan:
     cross: tuple[tuple[str, str], ...] = ()  # (A, B) cross-style pairs
     photo_queries: Path | None = None
     split: str = "test"
+    examples: int = 0  # queries per section kept with their top hits (for contact sheets)
 
 
-def evaluate(encoder: Encoder, plan: EvalPlan, *, progress: bool = False) -> dict[str, dict[str, float]]:
-    """{section: {metric: value}}, sections named like 'emoji-google t2i/i2t', 'cross emoji-google→emoji-twitter'."""
-    out: dict[str, dict[str, float]] = {}
+def evaluate(encoder: Encoder, plan: EvalPlan, *, progress: bool = False) -> EvalResult:
+    """Metrics and examples per section; sections are named by corpus, 'A→B' for cross-style, 'photos'."""
+    sections: dict[str, Section] = {}
     names = {*plan.corpora, *(x for ab in plan.cross for x in ab)}
     split = {c: load_pairs([c], plan.split, progress=progress) for c in names}
     for c in plan.corpora:
-        out[c] = text_image_recall(encoder, split[c])
+        sections[c] = text_image_recall(encoder, split[c], plan.examples)
     for a, b in plan.cross:
-        out[f"{a}→{b}"] = cross_style_recall(encoder, split[a], split[b])
+        sections[f"{a}→{b}"] = cross_style_recall(encoder, split[a], split[b], plan.examples)
     if plan.photo_queries is not None:
         q = read_photo_queries(plan.photo_queries)
-        out["photos"] = photo_query_recall(encoder, load_pairs([q.corpus], progress=progress), q)
-    return out
+        sections["photos"] = photo_query_recall(encoder, load_pairs([q.corpus], progress=progress), q, plan.examples)
+    return EvalResult({k: s.metrics for k, s in sections.items()}, {k: s.examples for k, s in sections.items()})

@@ -9,10 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from app import cli
-from retrieval.evaluate import EvalPlan, evaluate, read_photo_queries, recall_at
+from retrieval.evaluate import EvalPlan, EvalResult, evaluate, read_photo_queries, recall_at
 from tests.conftest import COLOURS, colour_image
 
 
@@ -50,12 +51,36 @@ def test_evaluate_text_image_cross_style_and_photo_queries(tmp_path: Path, pixel
     queries.write_text(json.dumps({"corpus": str(b), "queries": [
         {"query": "something red", "relevant": ["red"]}, {"query": "blue or cyan", "relevant": ["blue", "cyan"]},
     ]}))
-    out = evaluate(pixel_encoder, EvalPlan(corpora=(str(a),), cross=((str(a), str(b)),), photo_queries=queries))
+    result = evaluate(pixel_encoder, EvalPlan((str(a),), ((str(a), str(b)),), queries, examples=3))
+    out = result.metrics
     assert out[str(a)]["t2i_R@1"] == 1.0 and out[str(a)]["i2t_R@1"] == 1.0 and out[str(a)]["n"] == len(COLOURS)
     cross = out[f"{a}→{b}"]
     assert cross["i2i_R@1"] == 1.0 and cross["n"] == len(COLOURS)
     assert out["photos"]["photo_R@1"] == 1.0 and out["photos"]["n"] == 2
     assert read_photo_queries(queries).queries[1] == ("blue or cyan", frozenset({"blue", "cyan"}))
+    # examples for contact sheets: 3 queries spread over each set, their top hits, right answers marked
+    t2i = result.examples[str(a)]
+    assert len(t2i) == 3 and t2i[0].query == "a red square" and t2i[0].query_image is None
+    assert t2i[0].hits[0].correct and t2i[0].hits[0].caption == "a red square" and len(t2i[0].hits) == 5
+    assert [h.correct for h in t2i[0].hits].count(True) == 1
+    cross = result.examples[f"{a}→{b}"]
+    assert cross[0].query_image.endswith("a/red.png") and cross[0].hits[0].path.endswith("b/red.png")
+    assert [e.query for e in result.examples["photos"]] == ["something red", "blue or cyan"]
+
+
+def test_contact_sheet_marks_right_and_wrong_hits(tmp_path: Path, pixel_encoder) -> None:
+    from retrieval.sheets import RIGHT, THUMB, WRONG, draw_sheet
+
+    a, b = _style_manifest(tmp_path / "a", 1), _style_manifest(tmp_path / "b", 2)
+    result = evaluate(pixel_encoder, EvalPlan(cross=((str(a), str(b)),), examples=2))
+    path = draw_sheet(result.examples[f"{a}→{b}"], tmp_path / "sheets" / "cross.png", title="pixels")
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width > 5 * THUMB and im.height > 2 * THUMB
+        pixels = {tuple(p) for p in np.asarray(im.convert("RGB")).reshape(-1, 3).tolist()}
+    assert RIGHT in pixels and WRONG in pixels  # the first hit of each row is right, the rest wrong
+    assert not list(path.parent.glob("*.tmp"))
+    with pytest.raises(ValueError, match="no examples"):
+        draw_sheet((), tmp_path / "empty.png")
 
 
 def test_eval_cli_compares_models_and_validates(monkeypatch, tmp_path: Path) -> None:
@@ -63,7 +88,8 @@ def test_eval_cli_compares_models_and_validates(monkeypatch, tmp_path: Path) -> 
 
     def fake_evaluate(encoder, plan):
         seen.append((encoder, plan))
-        return {"emoji-google": {"t2i_R@1": 0.5 if encoder == "enc:retr:default" else 0.1, "n": 10}}
+        metrics = {"emoji-google": {"t2i_R@1": 0.5 if encoder == "enc:retr:default" else 0.1, "n": 10}}
+        return EvalResult(metrics, {"emoji-google": ()})
 
     monkeypatch.setattr(cli, "_load_encoder", lambda spec, device: f"enc:{spec}")
     monkeypatch.setattr("retrieval.evaluate.evaluate", fake_evaluate)

@@ -56,9 +56,9 @@ def test_tiny_training_lowers_loss_and_raises_recall(tmp_path: Path, bridge) -> 
     assert report.n_pairs == 40 and report.last_loss < 0.5 * report.first_loss
 
     held_out = load_pairs([str(manifest)], "test")
-    before = text_image_recall(bridge, held_out)
+    before = text_image_recall(bridge, held_out).metrics
     trained = load_encoder(f"retr:{report.out}")
-    after = text_image_recall(trained, held_out)
+    after = text_image_recall(trained, held_out).metrics
     # 10 colours, 2 held-out images each: chance R@1 ~0.1-0.2. Observed: bridge 0.1-0.3; trained
     # text->image 1.0, image->text 0.85-1.0.
     assert before["t2i_R@1"] <= 0.5
