@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from retrieval.encoders import load_encoder
-from retrieval.evaluate import text_image_recall
+from retrieval.evaluate import embed_images, text_image_recall
 from retrieval.training.config import parse_config, read_config
 from retrieval.training.data import _alternatives, load_pairs
 from retrieval.training.loop import STATE, train
@@ -71,6 +71,30 @@ def test_tiny_training_lowers_loss_and_raises_recall(tmp_path: Path, bridge) -> 
     with pytest.raises(ValueError, match="different config"):
         train(changed, bridge, cache=tmp_path / "cache", progress=False)
     assert (report.out / STATE).exists()
+
+
+def test_tiny_training_with_instance_block_and_bridge_ensemble(tmp_path: Path, bridge) -> None:
+    manifest = _colour_manifest(tmp_path / "colours")
+    config = parse_config({
+        "corpora": [str(manifest)], "out": str(tmp_path / "run"), "epochs": 40, "batch_size": 20, "lr": 3e-3,
+        "templates": ["{}"], "augment": {"views": 2}, "num_workers": 0, "key_batches": True, "i2i_weight": 0.5,
+        "bridge_score_weight": 0.3, "instance_score_weight": 0.5, "head": {"instance_dim": 16},
+    })
+    report = train(config, bridge, cache=tmp_path / "cache", progress=False)
+    assert report.last_loss < 0.5 * report.first_loss
+    trained = load_encoder(f"retr:{report.out}")
+    assert trained.dim == 384 + 384 + 16
+    held_out = load_pairs([str(manifest)], "test")
+    metrics = text_image_recall(trained, held_out).metrics
+    assert metrics["t2i_R@1"] >= 0.9  # the instance block leaves text queries to the ensemble
+    xb, rows = embed_images(trained, held_out)
+    keys = np.asarray([held_out[i].key for i in rows])
+    scores = xb @ xb.T - 2 * np.eye(len(xb))  # each image's nearest other image
+    assert np.mean(keys[scores.argmax(1)] == keys) >= 0.9  # same colour, the other held-out drawing
+    glossed = parse_config({**config.to_json(), "bridge": {"top_k": 10, "glosses": True}, "augment": {"views": 2},
+                            "head": {"instance_dim": 16}})
+    with pytest.raises(ValueError, match="the bridge was built with .*tower_bridge"):
+        train(glossed, bridge, cache=tmp_path / "cache", progress=False)
 
 
 def test_config_rejects_unknown_keys_and_bad_values(tmp_path: Path) -> None:

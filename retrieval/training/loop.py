@@ -146,6 +146,9 @@ def _resume(out: Path, heads: AlignedHeads, opt, rng: np.random.Generator, h: st
 def train(config: TrainConfig, bridge, *, cache: Path, progress: bool = True) -> TrainReport:
     """Train heads for `config` on top of `bridge` (an ImageNetBridge: its towers are locked)."""
     t0 = time.perf_counter()
+    if getattr(bridge, "config", config.bridge) != config.bridge:  # head.json promises config.bridge at inference
+        raise ValueError(f"the bridge was built with {bridge.config}, the config asks for {config.bridge}; "
+                         "build it with tower_bridge(config.image_tower, device, config.bridge)")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     pairs = load_pairs(config.corpora, split="train", progress=progress)
