@@ -456,6 +456,27 @@ def parse_openmoji(root: Path, corpus: Corpus) -> Parsed:
     return Parsed(pa.Table.from_pylist(rows, schema=OPENMOJI_SCHEMA), sum(reasons.values()), dict(reasons))
 
 
+
+def parse_emoji_codepoint_files(root: Path, corpus: Corpus) -> Parsed:
+    """One item per emoji-datasource emoji whose image is a file named by its code points
+    (`1f431.webp`, `2764-fe0f.webp`, FE0F optional), captioned and keyed as emoji-google is.
+
+    Files no emoji entry names (skin-tone variants, newer emoji) are not items. Skipped, by
+    reason: `no_image` (an emoji with no file in this style).
+    """
+    params = corpus.params
+    entries = json.loads((root / params["unicode_keys_file"]).read_text(encoding="utf-8"))
+    suffix = params["suffix"]
+    files = {without_fe0f(p.name[: -len(suffix)]): p for p in sorted((root / params["image_dir"]).glob(f"*{suffix}"))}
+    rows, reasons = [], Counter[str]()
+    for entry in entries:
+        image = files.get(without_fe0f(entry["unified"]))
+        if image is None:
+            reasons["no_image"] += 1
+        else:
+            rows.append(emoji_row(entry, image, corpus))
+    return Parsed(pa.Table.from_pylist(rows, schema=EMOJI_SCHEMA), sum(reasons.values()), dict(reasons))
+
 # -- openclipart 0.18 (Debian): png/CATEGORY/.../NAME.png, titled by svg/CATEGORY/.../NAME.svg
 
 CLIPART_SCHEMA = pa.schema(
@@ -703,6 +724,7 @@ def parse_tuxpaint_stamps(root: Path, corpus: Corpus) -> Parsed:
 
 PARSERS: dict[str, Callable[[Path, Corpus], Parsed]] = {
     "captioned-files": parse_captioned_files,
+    "emoji-codepoint-files": parse_emoji_codepoint_files,
     "emoji-datasource": parse_emoji_datasource,
     "iso-flags": parse_iso_flags,
     "openclipart": parse_openclipart,

