@@ -320,10 +320,11 @@ def eval_cmd(
             spec = _model_spec(m)
             result = evaluate(_load_encoder(spec, device), plan)
             results[spec] = result.metrics
-            for section, examples in result.examples.items() if sheet else ():
-                path = sheet / _slug(spec) / f"{_slug(section)}.png"
-                draw_sheet(examples, path, title=f"{spec} · {section} ({split} split)")
-                err.print(f"sheet: {path}")
+            if sheet is not None:
+                for section, examples in result.examples.items():
+                    path = sheet / _slug(spec) / f"{_slug(section)}.png"
+                    draw_sheet(examples, path, title=f"{spec} · {section} ({split} split)")
+                    err.print(f"sheet: {path}")
     except (ValueError, FileNotFoundError) as e:
         raise _fail(str(e)) from e
     if as_json:

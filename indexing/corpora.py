@@ -456,7 +456,6 @@ def parse_openmoji(root: Path, corpus: Corpus) -> Parsed:
     return Parsed(pa.Table.from_pylist(rows, schema=OPENMOJI_SCHEMA), sum(reasons.values()), dict(reasons))
 
 
-
 def parse_emoji_codepoint_files(root: Path, corpus: Corpus) -> Parsed:
     """One item per emoji-datasource emoji whose image is a file named by its code points
     (`1f431.webp`, `2764-fe0f.webp`, FE0F optional), captioned and keyed as emoji-google is.
@@ -476,6 +475,7 @@ def parse_emoji_codepoint_files(root: Path, corpus: Corpus) -> Parsed:
         else:
             rows.append(emoji_row(entry, image, corpus))
     return Parsed(pa.Table.from_pylist(rows, schema=EMOJI_SCHEMA), sum(reasons.values()), dict(reasons))
+
 
 # -- openclipart 0.18 (Debian): png/CATEGORY/.../NAME.png, titled by svg/CATEGORY/.../NAME.svg
 

@@ -11,8 +11,12 @@ import json
 import subprocess
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from indexing.atomic import write_json
+
+if TYPE_CHECKING:
+    from retrieval.encoders.base import Encoder
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "index.json"
@@ -78,8 +82,7 @@ class IndexManifest:
         )
 
 
-
-def model_mismatch(manifest: IndexManifest, encoder) -> str | None:
+def model_mismatch(manifest: IndexManifest, encoder: Encoder) -> str | None:
     """Why `encoder` cannot query or extend this index (None when it can): another model, other
     weights under the same name (a retrained checkpoint), or another vector size."""
     if encoder.name != manifest.model:
@@ -90,6 +93,7 @@ def model_mismatch(manifest: IndexManifest, encoder) -> str | None:
     if encoder.dim != manifest.dim:
         return f"it holds {manifest.dim}-d vectors and {encoder.name} now gives {encoder.dim}-d"
     return None
+
 
 def read_manifest(index_dir: Path) -> IndexManifest:
     path = Path(index_dir) / MANIFEST_NAME

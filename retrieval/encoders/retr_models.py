@@ -150,9 +150,10 @@ class AlignedEncoder(Encoder):
         blocks = [(1 - self.w) ** 0.5 * shrink * trained]
         if self.w > 0:
             blocks.insert(0, self.w**0.5 * shrink * torch.nn.functional.normalize(bridge, dim=-1))
-        if self.c > 0:
-            zeros = trained.new_zeros(len(trained), self.heads.config.instance_dim)
-            blocks.append(self.c**0.5 * instance if instance is not None else zeros)
+        if self.c > 0 and instance is not None:
+            blocks.append(self.c**0.5 * instance)
+        elif self.c > 0:
+            blocks.append(trained.new_zeros(len(trained), self.heads.config.instance_dim))
         return torch.cat(blocks, dim=-1).cpu().numpy()
 
     @torch.inference_mode()

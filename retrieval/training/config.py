@@ -44,9 +44,6 @@ class HeadConfig:
     # only with the image<->image term: it keeps what tells two drawings apart, which the text-aligned
     # space compresses away. Text vectors are zero there, so it changes image->image scores only.
     instance_dim: int = 0
-    # Share of training samples whose colour thumbnail the text-aligned head does not see: colour is
-    # decisive for icons ("a blue heart") and misleading for photos (an orange hen is not a carrot).
-    thumb_dropout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -95,8 +92,6 @@ class TrainConfig:
             raise ValueError("instance_score_weight > 0 and head.instance_dim > 0 go together")
         if self.head.instance_dim > 0 and self.i2i_weight <= 0:
             raise ValueError("head.instance_dim > 0 needs i2i_weight > 0: the instance head learns only from that term")
-        if not 0.0 <= self.head.thumb_dropout < 1.0:
-            raise ValueError(f"head.thumb_dropout must be in [0, 1), got {self.head.thumb_dropout}")
         if self.bridge.top_k < 1 or "{}" not in self.bridge.template:
             raise ValueError("bridge.top_k must be >= 1 and bridge.template needs a '{}'")
         if not 0.0 <= self.bridge_score_weight < 1.0:

@@ -98,9 +98,9 @@ class _Run:
     def __init__(self, feats: Features, pairs: Sequence[Pair], per_pair: list[np.ndarray], bridge) -> None:
         keep = np.flatnonzero(feats.ok)
         self.pooled = torch.from_numpy(feats.pooled[keep])  # (N, V, 1280) fp16
-        with torch.inference_mode():  # (N, V, 384) fp16, this run's bridge settings applied to the cached features
+        with torch.no_grad():  # (N, V, 384) fp16: this run's bridge settings applied to the cached features
             flat = bridge.bridge_from_pooled(self.pooled.flatten(0, 1)).cpu().half()
-        self.bridge = flat.reshape(*self.pooled.shape[:2], -1).clone()
+        self.bridge = flat.reshape(*self.pooled.shape[:2], -1)
         self.thumb = torch.from_numpy(feats.thumb[keep])  # (N, V, 192) fp16
         self.texts = torch.from_numpy(feats.text_vectors)  # (T, 384)
         self.per_pair = [per_pair[i] for i in keep]
@@ -146,7 +146,7 @@ def _resume(out: Path, heads: AlignedHeads, opt, rng: np.random.Generator, h: st
 def train(config: TrainConfig, bridge, *, cache: Path, progress: bool = True) -> TrainReport:
     """Train heads for `config` on top of `bridge` (an ImageNetBridge: its towers are locked)."""
     t0 = time.perf_counter()
-    if getattr(bridge, "config", config.bridge) != config.bridge:  # head.json promises config.bridge at inference
+    if bridge.config != config.bridge:  # head.json promises config.bridge at inference
         raise ValueError(f"the bridge was built with {bridge.config}, the config asks for {config.bridge}; "
                          "build it with tower_bridge(config.image_tower, device, config.bridge)")
     out = Path(config.out)

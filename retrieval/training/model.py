@@ -74,11 +74,7 @@ class AlignedHeads(nn.Module):
     def image(self, pooled: torch.Tensor, bridge: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor:
         """pooled (B, 1280), bridge (B, 384), thumb (B, 192) -> (B, 384) unit rows."""
         base = F.normalize(bridge.float(), dim=-1)
-        thumb = thumb.float()
-        if self.training and self.config.thumb_dropout > 0:  # whole thumbnails, per sample, inverted scaling
-            keep = torch.rand(len(thumb), 1, device=thumb.device) >= self.config.thumb_dropout
-            thumb = thumb * keep / (1 - self.config.thumb_dropout)
-        x = torch.cat([F.layer_norm(pooled.float(), (POOLED_DIM,)), base, thumb], dim=-1)  # (B, 1856)
+        x = torch.cat([F.layer_norm(pooled.float(), (POOLED_DIM,)), base, thumb.float()], dim=-1)  # (B, 1856)
         return F.normalize(base + self.image_head(x), dim=-1)
 
     def instance(self, pooled: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor:
