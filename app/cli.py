@@ -91,6 +91,7 @@ Shards = Annotated[int, typer.Option(help="Number of index shards (built indepen
 MaxMemory = Annotated[str, typer.Option(help="Memory budget for the index, e.g. 4GB, 512MB.")]
 TargetRecall = Annotated[float, typer.Option(help="recall@10 vs exact that nprobe/efSearch are tuned to reach.")]
 Device = Annotated[str, typer.Option(help="cpu or cuda (faiss GPU + model on GPU).")]
+AutoDevice = Annotated[str, typer.Option(help="auto (cuda when torch sees a GPU, else cpu), cpu or cuda.")]
 BatchSize = Annotated[int, typer.Option(help="Images per model forward.")]
 Workers = Annotated[int, typer.Option(help="Decode worker processes (0 = decode in the main process).")]
 ChunkSize = Annotated[int, typer.Option(help="Items per embedding chunk file (the unit of resume).")]
@@ -237,18 +238,20 @@ def search(
 @app.command("train")
 def train_cmd(
     config: Annotated[Path, typer.Option(help="Training config JSON (see retrieval/training/configs/).")],
-    device: Device = "cpu",
+    device: AutoDevice = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Train the heads of a dual encoder on locked pretrained towers (rerun to resume)."""
     from indexing.cache import cache_dir
+    from retrieval.encoders import resolve_device
     from retrieval.encoders.retr_models import tower_bridge
     from retrieval.training.config import read_config
     from retrieval.training.loop import train
 
     try:
         cfg = read_config(config)
-        report = train(cfg, tower_bridge(cfg.image_tower, device, cfg.bridge), cache=cache_dir(), progress=not quiet)
+        bridge = tower_bridge(cfg.image_tower, resolve_device(device), cfg.bridge)
+        report = train(cfg, bridge, cache=cache_dir(), progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
         raise _fail(str(e)) from e
     err.print(
@@ -294,7 +297,7 @@ def eval_cmd(
     cross: Annotated[list[str], typer.Option(help="A:B corpora: image→image across styles by shared key.")] = [],  # noqa: B006
     queries: Annotated[Path | None, typer.Option(help="Photo queries JSON (data_manifests/eval/).")] = None,
     split: Annotated[str, typer.Option(help="Which split to evaluate on.")] = "test",
-    device: Device = "cpu",
+    device: AutoDevice = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     sheet: Annotated[
         Path | None, typer.Option(help="Folder for contact sheets: example queries and their top hits, per model, set.")

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from retrieval.encoders import load_encoder
 from retrieval.evaluate import embed_images, text_image_recall
@@ -169,14 +170,18 @@ def test_train_cli_reads_config_and_prints_the_model_spec(monkeypatch, tmp_path:
         return loop.TrainReport(Path(config.out), 10, 20, 1, 2.0, 1.0, 3.0)
 
     monkeypatch.setattr(loop, "train", fake_train)
-    monkeypatch.setattr("retrieval.encoders.retr_models.tower_bridge", lambda tower, device, bridge: f"towers:{tower}")
+    monkeypatch.setattr("retrieval.encoders.retr_models.tower_bridge",
+                        lambda tower, device, bridge: f"towers:{tower}@{device}")
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"corpora": ["flags"], "out": str(tmp_path / "run"), "epochs": 2,
                                "image_tower": "random-efficientnet-lite0"}))
     res = CliRunner().invoke(cli.app, ["train", "--config", str(cfg), "--quiet"])
     assert res.exit_code == 0, res.output
     assert res.output.strip().splitlines()[-1] == f"retr:{tmp_path / 'run'}"
-    assert seen["config"].epochs == 2 and seen["bridge"] == "towers:random-efficientnet-lite0"
+    expected_device = "cuda" if torch.cuda.is_available() else "cpu"  # --device auto
+    assert seen["config"].epochs == 2 and seen["bridge"] == f"towers:random-efficientnet-lite0@{expected_device}"
+    res = CliRunner().invoke(cli.app, ["train", "--config", str(cfg), "--device", "tpu"])
+    assert res.exit_code == 2 and "device must be 'auto', 'cpu' or 'cuda'" in res.output
     cfg.write_text(json.dumps({"image_tower": "resnet"}))
     res = CliRunner().invoke(cli.app, ["train", "--config", str(cfg)])
     assert res.exit_code == 2 and "image_tower must be one of" in res.output

@@ -51,15 +51,22 @@ def _family(family: str):
     return importlib.import_module(FAMILIES[family])
 
 
-def load_encoder(spec: str, device: str = "cpu") -> Encoder:
-    """Load the encoder a spec names, on `device` ('cpu' or 'cuda')."""
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if device.startswith("cuda"):
-        import torch
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cpu' / 'cuda' / 'cuda:N' checked and kept."""
+    import torch
 
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' asked for, but torch sees no GPU; use --device cpu")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no GPU; use --device cpu")
+    return device
+
+
+def load_encoder(spec: str, device: str = "cpu") -> Encoder:
+    """Load the encoder a spec names, on `device` ('auto', 'cpu' or 'cuda')."""
+    device = resolve_device(device)
     family, rest = parse_spec(spec)
     from retrieval.encoders.torchvision_compat import allow_torchvision_without_ops
 

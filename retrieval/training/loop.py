@@ -74,7 +74,7 @@ def _loss(heads: AlignedHeads, batch: tuple[torch.Tensor, ...], i2i: float) -> t
         loss = clip_loss(img, txt, same, heads.log_t)
     if i2i > 0:
         # other drawings of the same key are positives; an image's similarity to itself says nothing
-        off_diagonal = ~torch.eye(len(img), dtype=torch.bool)
+        off_diagonal = ~torch.eye(len(img), dtype=torch.bool, device=img.device)
         loss = loss + i2i * siglip_loss(img, img, same, heads.log_t_i2i, heads.bias_i2i, mask=off_diagonal)
         if heads.instance_head is not None:
             inst = heads.instance(pooled, thumb)
@@ -93,25 +93,27 @@ def _epoch_order(run: _Run, rng: np.random.Generator, key_batches: bool) -> np.n
 
 
 class _Run:
-    """Everything one training run samples from, as tensors."""
+    """Everything one training run samples from, as tensors on the device the heads train on."""
 
     def __init__(self, feats: Features, pairs: Sequence[Pair], per_pair: list[np.ndarray], bridge) -> None:
         keep = np.flatnonzero(feats.ok)
-        self.pooled = torch.from_numpy(feats.pooled[keep])  # (N, V, 1280) fp16
+        self.device = torch.device(bridge.device)
+        self.pooled = torch.from_numpy(feats.pooled[keep]).to(self.device)  # (N, V, 1280) fp16
         with torch.no_grad():  # (N, V, 384) fp16: this run's bridge settings applied to the cached features
-            flat = bridge.bridge_from_pooled(self.pooled.flatten(0, 1)).cpu().half()
+            flat = bridge.bridge_from_pooled(self.pooled.flatten(0, 1)).half()
         self.bridge = flat.reshape(*self.pooled.shape[:2], -1)
-        self.thumb = torch.from_numpy(feats.thumb[keep])  # (N, V, 192) fp16
-        self.texts = torch.from_numpy(feats.text_vectors)  # (T, 384)
+        self.thumb = torch.from_numpy(feats.thumb[keep]).to(self.device)  # (N, V, 192) fp16
+        self.texts = torch.from_numpy(feats.text_vectors).to(self.device)  # (T, 384)
         self.per_pair = [per_pair[i] for i in keep]
         _, key_ids = np.unique([pairs[i].key for i in keep], return_inverse=True)
-        self.keys = torch.from_numpy(key_ids)
+        self.keys = torch.from_numpy(key_ids)  # CPU: epoch order is drawn with numpy
 
     def batch(self, idx: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-        views = torch.from_numpy(rng.integers(self.pooled.shape[1], size=len(idx)))
-        t = torch.from_numpy(np.array([rng.choice(self.per_pair[i]) for i in idx]))
-        i = torch.from_numpy(idx)
-        keys = self.keys[i]
+        """Sampling stays on the CPU (numpy RNG), so a run draws the same batches on any device."""
+        views = torch.from_numpy(rng.integers(self.pooled.shape[1], size=len(idx))).to(self.device)
+        t = torch.from_numpy(np.array([rng.choice(self.per_pair[i]) for i in idx])).to(self.device)
+        i = torch.from_numpy(idx).to(self.device)
+        keys = self.keys[torch.from_numpy(idx)].to(self.device)
         same = keys[:, None] == keys[None, :]
         return self.pooled[i, views], self.bridge[i, views], self.thumb[i, views], self.texts[t], same
 
@@ -134,7 +136,7 @@ def _resume(out: Path, heads: AlignedHeads, opt, rng: np.random.Generator, h: st
     """(first epoch to run, per-epoch losses so far); loads the saved state into heads / opt / rng."""
     if not (out / STATE).exists():
         return 0, []
-    state = torch.load(out / STATE, weights_only=False)
+    state = torch.load(out / STATE, weights_only=False, map_location=next(heads.parameters()).device)
     if state["config_hash"] != h:
         raise ValueError(f"{out} holds a run with a different config; use another `out` or delete {out / STATE}")
     heads.load_state_dict(state["heads"])
@@ -159,7 +161,7 @@ def train(config: TrainConfig, bridge, *, cache: Path, progress: bool = True) ->
                              batch_size=config.feature_batch_size, num_workers=config.num_workers, progress=progress)
     run = _Run(feats, pairs, per_pair, bridge)
     torch.manual_seed(config.seed)
-    heads = AlignedHeads(config.head, config.loss)
+    heads = AlignedHeads(config.head, config.loss).to(run.device)
     opt = _optimizer(heads, config)
     rng = np.random.default_rng(config.seed)
     h = _config_hash(config)
