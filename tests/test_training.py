@@ -98,6 +98,43 @@ def test_tiny_training_with_instance_block_and_bridge_ensemble(tmp_path: Path, b
         train(glossed, bridge, cache=tmp_path / "cache", progress=False)
 
 
+def test_ensemble_members_train_from_their_own_seeds_and_rank_as_their_mean(tmp_path: Path, bridge) -> None:
+    import torch.nn.functional as F
+
+    from retrieval.training.model import HeadEnsemble, load_heads
+
+    manifest = _colour_manifest(tmp_path / "colours")
+    base = {"corpora": [str(manifest)], "epochs": 20, "batch_size": 20, "lr": 3e-3, "templates": ["{}"],
+            "augment": {"views": 2}, "num_workers": 0, "key_batches": True, "i2i_weight": 0.5,
+            "bridge_score_weight": 0.3, "instance_score_weight": 0.5,
+            "head": {"instance_dim": 16, "text_adapter": False}}
+    single = train(parse_config({**base, "out": str(tmp_path / "one")}), bridge, cache=tmp_path / "cache",
+                   progress=False)
+    pair = train(parse_config({**base, "out": str(tmp_path / "two"), "members": 2}), bridge,
+                 cache=tmp_path / "cache", progress=False)
+    assert pair.epochs_run == 40 and (pair.out / "state.pt").exists() and (pair.out / "state-1.pt").exists()
+    one, _ = load_heads(single.out)
+    two, meta = load_heads(pair.out)
+    assert isinstance(two, HeadEnsemble) and meta["members"] == 2
+    # member 0 is the single-head run (same seed, same batches); member 1 differs and has no instance head
+    for (name, a), b in zip(one.state_dict().items(), two.members[0].state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=2e-3), name
+    assert two.members[1].instance_head is None
+    assert not torch.allclose(two.members[0].image_head[1].weight, two.members[1].image_head[1].weight)
+
+    trained = load_encoder(f"retr:{pair.out}")
+    assert trained.dim == 384 + 384 + 16  # members add no dimensions
+    held_out = load_pairs([str(manifest)], "test")
+    # 20 epochs without a text adapter: observed 0.8 (chance ~0.1-0.2, the bridge <= 0.5)
+    assert text_image_recall(trained, held_out).metrics["t2i_R@1"] >= 0.7
+    pooled, thumb = torch.randn(4, 1280), torch.randn(4, 192)
+    bridge_vec = F.normalize(torch.randn(4, 384), dim=-1)
+    mean = two.members[0].image(pooled, bridge_vec, thumb) + two.members[1].image(pooled, bridge_vec, thumb)
+    assert torch.allclose(two.image(pooled, bridge_vec, thumb), F.normalize(mean, dim=-1), atol=1e-6)
+    with pytest.raises(ValueError, match="text_adapter"):
+        parse_config({**base, "members": 2, "head": {"instance_dim": 16, "text_adapter": True}})
+
+
 def test_config_rejects_unknown_keys_and_bad_values(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown keys in config: \\['epoch'\\]"):
         parse_config({"epoch": 3})

@@ -69,6 +69,10 @@ class TrainConfig:
     # Weight of the instance head in image<->image scores (needs head.instance_dim > 0):
     # i2i score = c * instance score + (1 - c) * (the text-aligned score above).
     instance_score_weight: float = 0.0
+    # Image heads trained alike from seeds seed, seed+1, ... on the same cached features; an image's
+    # trained block is the normalised mean of the members' vectors (the text side is MiniLM itself,
+    # shared by all), so it ranks like the members' average score. Only member 0 has an instance head.
+    members: int = 1
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     # caption templates, one sampled per step for each caption; "{}" is the name
     templates: tuple[str, ...] = ("{}", "an emoji of {}", "an icon of {}", "a picture of {}", "{} symbol")
@@ -96,6 +100,10 @@ class TrainConfig:
             raise ValueError("bridge.top_k must be >= 1 and bridge.template needs a '{}'")
         if not 0.0 <= self.bridge_score_weight < 1.0:
             raise ValueError("bridge_score_weight must be in [0, 1)")
+        if self.members < 1:
+            raise ValueError(f"members must be >= 1, got {self.members}")
+        if self.members > 1 and self.head.text_adapter:
+            raise ValueError("members > 1 needs head.text_adapter = false: members must share the text side")
         if self.augment.views < 1:
             raise ValueError("augment.views must be >= 1")
         if not all("{}" in t for t in self.templates):

@@ -3,7 +3,8 @@
 Each step samples, per training image, one precomputed view and one caption x template string,
 and applies the SigLIP or CLIP loss with shared-key positives. State (heads, optimiser, epoch, RNG)
 is saved atomically after every epoch, so a killed run continues where it stopped; a run whose
-config changed refuses to resume.
+config changed refuses to resume. With `members` > 1 the members train one after another, each
+from its own seed and with its own state file, and are saved as one HeadEnsemble.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from retrieval.training.config import TrainConfig
 from retrieval.training.data import Pair, load_pairs
 from retrieval.training.features import Features, compute_features
 from retrieval.training.losses import clip_loss, siglip_loss
-from retrieval.training.model import AlignedHeads, save_heads
+from retrieval.training.model import AlignedHeads, HeadEnsemble, member_heads, save_heads
 
 STATE = "state.pt"
 WARMUP_FRACTION = 0.05  # of all steps, linear warm-up before the cosine decay
@@ -37,7 +38,7 @@ class TrainReport:
     out: Path
     n_pairs: int
     n_texts: int
-    epochs_run: int  # epochs trained by this call (0 when the run was already complete)
+    epochs_run: int  # epochs trained by this call, summed over members (0 when the run was already complete)
     first_loss: float
     last_loss: float
     seconds: float
@@ -118,10 +119,14 @@ class _Run:
         return self.pooled[i, views], self.bridge[i, views], self.thumb[i, views], self.texts[t], same
 
 
-def _save_state(out: Path, heads: AlignedHeads, opt: torch.optim.Optimizer, epoch: int, rng, h: str, losses) -> None:
+def _state_path(out: Path, member: int) -> Path:
+    return out / (STATE if member == 0 else f"state-{member}.pt")
+
+
+def _save_state(path: Path, heads: AlignedHeads, opt: torch.optim.Optimizer, epoch: int, rng, h: str, losses) -> None:
     state = {"heads": heads.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "rng": rng.bit_generator.state,
              "config_hash": h, "losses": losses}
-    with atomic_path(out / STATE) as tmp:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
@@ -132,17 +137,54 @@ def _optimizer(heads: AlignedHeads, config: TrainConfig) -> torch.optim.Optimize
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def _resume(out: Path, heads: AlignedHeads, opt, rng: np.random.Generator, h: str) -> tuple[int, list[float]]:
+def _resume(path: Path, heads: AlignedHeads, opt, rng: np.random.Generator, h: str) -> tuple[int, list[float]]:
     """(first epoch to run, per-epoch losses so far); loads the saved state into heads / opt / rng."""
-    if not (out / STATE).exists():
+    if not path.exists():
         return 0, []
-    state = torch.load(out / STATE, weights_only=False, map_location=next(heads.parameters()).device)
+    state = torch.load(path, weights_only=False, map_location=next(heads.parameters()).device)
     if state["config_hash"] != h:
-        raise ValueError(f"{out} holds a run with a different config; use another `out` or delete {out / STATE}")
+        raise ValueError(f"{path.parent} holds a run with a different config; use another `out` or delete {path}")
     heads.load_state_dict(state["heads"])
     opt.load_state_dict(state["opt"])
     rng.bit_generator.state = state["rng"]
     return state["epoch"], state["losses"]
+
+
+def _train_member(
+    config: TrainConfig, run: _Run, member: int, h: str, bar: tqdm
+) -> tuple[AlignedHeads, list[float], int]:
+    """Train (or resume, or reload when finished) ensemble member `member`: (heads, losses, epochs run now)."""
+    torch.manual_seed(config.seed + member)  # member 0 is exactly the single-head run
+    heads = member_heads(config.head, config.loss, member).to(run.device)
+    opt = _optimizer(heads, config)
+    rng = np.random.default_rng(config.seed + member)
+    path = _state_path(Path(config.out), member)
+    start, losses = _resume(path, heads, opt, rng, h)
+    steps_per_epoch = len(run.keys) // config.batch_size
+    total = steps_per_epoch * config.epochs
+    bar.update(start * steps_per_epoch)
+    if config.members > 1:
+        bar.set_description(f"train member {member + 1}/{config.members}")
+    heads.train()
+    for epoch in range(start, config.epochs):
+        perm = _epoch_order(run, rng, config.key_batches)
+        epoch_losses = []
+        for s in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + s
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, total, config.lr)
+            rows = perm[s * config.batch_size:(s + 1) * config.batch_size]
+            loss = _loss(heads, run.batch(rows, rng), config.i2i_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            epoch_losses.append(float(loss.detach()))
+            bar.update(1)
+            pairs_per_s = (bar.format_dict["rate"] or 0) * config.batch_size
+            bar.set_postfix(loss=f"{loss.item():.3f}", pairs_s=f"{pairs_per_s:.0f}")
+        losses.append(float(np.mean(epoch_losses)))
+        _save_state(path, heads, opt, epoch + 1, rng, h, losses)
+    return heads.eval(), losses, config.epochs - start
 
 
 def train(config: TrainConfig, bridge, *, cache: Path, progress: bool = True) -> TrainReport:
@@ -160,36 +202,18 @@ def train(config: TrainConfig, bridge, *, cache: Path, progress: bool = True) ->
     feats = compute_features(pairs, texts, bridge, config.augment, cache=cache, seed=config.seed,
                              batch_size=config.feature_batch_size, num_workers=config.num_workers, progress=progress)
     run = _Run(feats, pairs, per_pair, bridge)
-    torch.manual_seed(config.seed)
-    heads = AlignedHeads(config.head, config.loss).to(run.device)
-    opt = _optimizer(heads, config)
-    rng = np.random.default_rng(config.seed)
     h = _config_hash(config)
-    start, losses = _resume(out, heads, opt, rng, h)
     n = len(run.keys)
-    steps_per_epoch = n // config.batch_size
-    total = steps_per_epoch * config.epochs
-    heads.train()
-    with tqdm(total=total, initial=start * steps_per_epoch, unit="step", desc="train", disable=not progress) as bar:
-        for epoch in range(start, config.epochs):
-            perm = _epoch_order(run, rng, config.key_batches)
-            epoch_losses = []
-            for s in range(steps_per_epoch):
-                step = epoch * steps_per_epoch + s
-                for g in opt.param_groups:
-                    g["lr"] = _lr_at(step, total, config.lr)
-                rows = perm[s * config.batch_size:(s + 1) * config.batch_size]
-                loss = _loss(heads, run.batch(rows, rng), config.i2i_weight)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                epoch_losses.append(float(loss.detach()))
-                bar.update(1)
-                pairs_per_s = (bar.format_dict["rate"] or 0) * config.batch_size
-                bar.set_postfix(loss=f"{loss.item():.3f}", pairs_s=f"{pairs_per_s:.0f}")
-            losses.append(float(np.mean(epoch_losses)))
-            _save_state(out, heads, opt, epoch + 1, rng, h, losses)
-    heads.eval()
+    total = (n // config.batch_size) * config.epochs * config.members
+    members, histories, epochs_run = [], [], 0
+    with tqdm(total=total, unit="step", desc="train", disable=not progress) as bar:
+        for k in range(config.members):
+            heads, losses, ran = _train_member(config, run, k, h, bar)
+            members.append(heads)
+            histories.append(losses)
+            epochs_run += ran
+    heads = members[0] if config.members == 1 else HeadEnsemble(members)
+    losses = np.mean(histories, axis=0).tolist()  # per epoch, averaged over members
     save_heads(heads, out, {"train": config.to_json(), "losses": losses, "git_sha": git_sha(), "n_pairs": n,
                             "n_texts": len(texts), "base": bridge.name})
-    return TrainReport(out, n, len(texts), config.epochs - start, losses[0], losses[-1], time.perf_counter() - t0)
+    return TrainReport(out, n, len(texts), epochs_run, losses[0], losses[-1], time.perf_counter() - t0)

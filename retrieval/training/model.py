@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -92,21 +92,57 @@ class AlignedHeads(nn.Module):
         return F.normalize(t, dim=-1)
 
 
-def save_heads(heads: AlignedHeads, folder: Path, extra: dict | None = None) -> None:
-    """head.safetensors + head.json (config, loss, and whatever the trainer records), atomically."""
+def member_heads(config: HeadConfig, loss: str, member: int) -> AlignedHeads:
+    """Heads for ensemble member `member`: only member 0 has the instance head."""
+    return AlignedHeads(config if member == 0 else replace(config, instance_dim=0), loss)
+
+
+class HeadEnsemble(nn.Module):
+    """Image heads trained alike from different seeds, used as one (TrainConfig.members).
+
+    image = normalise(mean of the members' image vectors); text and instance vectors are member 0's.
+    Members share the text side (no text adapter), so text·image is the members' mean score over
+    the norm of their mean vector, which is close to 1 where members agree.
+    """
+
+    def __init__(self, members: list[AlignedHeads]) -> None:
+        super().__init__()
+        if any(m.text_adapter is not None for m in members[1:]) or members[0].text_adapter is not None:
+            raise ValueError("ensemble members must not have text adapters: they share the text side")
+        self.members = nn.ModuleList(members)
+        self.config, self.loss = members[0].config, members[0].loss
+
+    def image(self, pooled: torch.Tensor, bridge: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor:
+        vectors = torch.stack([m.image(pooled, bridge, thumb) for m in self.members])
+        return F.normalize(vectors.mean(0), dim=-1)
+
+    def instance(self, pooled: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor:
+        return self.members[0].instance(pooled, thumb)
+
+    def text(self, t: torch.Tensor) -> torch.Tensor:
+        return self.members[0].text(t)
+
+
+def save_heads(heads: AlignedHeads | HeadEnsemble, folder: Path, extra: dict | None = None) -> None:
+    """head.safetensors + head.json (config, loss, members, and whatever the trainer records), atomically."""
     folder.mkdir(parents=True, exist_ok=True)
     # float16 on disk halves the committed default checkpoint; cosine error ~1e-4, far below what ranks move by
     state = {k: v.detach().cpu().half().contiguous() for k, v in heads.state_dict().items()}
     with atomic_path(folder / WEIGHTS) as tmp:
         save_file(state, str(tmp))
-    write_json(folder / CONFIG, {"head": asdict(heads.config), "loss": heads.loss, **(extra or {})})
+    members = len(heads.members) if isinstance(heads, HeadEnsemble) else 1
+    write_json(folder / CONFIG, {"head": asdict(heads.config), "loss": heads.loss, "members": members, **(extra or {})})
 
 
-def load_heads(folder: Path, device: str = "cpu") -> tuple[AlignedHeads, dict]:
+def load_heads(folder: Path, device: str = "cpu") -> tuple[AlignedHeads | HeadEnsemble, dict]:
     folder = Path(folder)
     if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
         raise ValueError(f"{folder} is not a trained retr model (needs {WEIGHTS} and {CONFIG})")
     meta = json.loads((folder / CONFIG).read_text())
-    heads = AlignedHeads(HeadConfig(**meta["head"]), meta["loss"])
+    config, loss, members = HeadConfig(**meta["head"]), meta["loss"], int(meta.get("members", 1))
+    if members == 1:
+        heads = AlignedHeads(config, loss)
+    else:
+        heads = HeadEnsemble([member_heads(config, loss, k) for k in range(members)])
     heads.load_state_dict({k: v.float() for k, v in load_file(str(folder / WEIGHTS)).items()})
     return heads.to(device).eval(), meta
