@@ -107,7 +107,7 @@ class HeadEnsemble(nn.Module):
 
     def __init__(self, members: list[AlignedHeads]) -> None:
         super().__init__()
-        if any(m.text_adapter is not None for m in members[1:]) or members[0].text_adapter is not None:
+        if any(m.text_adapter is not None for m in members):
             raise ValueError("ensemble members must not have text adapters: they share the text side")
         self.members = nn.ModuleList(members)
         self.config, self.loss = members[0].config, members[0].loss
