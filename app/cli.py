@@ -263,8 +263,6 @@ def train_cmd(
 
 def _model_spec(model_or_index: str) -> str:
     """An index folder stands for the model it was built with."""
-    from indexing.manifest import read_manifest
-
     if (Path(model_or_index) / "index.json").is_file():
         return read_manifest(Path(model_or_index)).model
     return model_or_index

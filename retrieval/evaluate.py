@@ -7,7 +7,8 @@
   the hit is B's drawing of the same key (Noto ↔ Twemoji).
 - photo queries R@k: hand-written natural-language queries over real photos, never trained on.
 
-Each section also keeps `EvalPlan.examples` of its queries (spread evenly over the set) with their
+Each corpus's images are embedded once per run, however many sections use them. Each section
+also keeps `EvalPlan.examples` of its queries (spread evenly over the set) with their
 top hits, for the contact sheets `retr eval --sheet` draws (retrieval.sheets).
 """
 
@@ -88,9 +89,8 @@ def embed_images(encoder: Encoder, pairs: Sequence[Pair], batch_size: int = 64) 
 
 def recall_at(scores: np.ndarray, relevant: np.ndarray, ks: Sequence[int] = KS) -> dict[int, float]:
     """scores (Q, G); relevant (Q, G) bool. R@k = share of queries with a relevant item in their top k."""
-    order = np.argsort(-scores, axis=1, kind="stable")
-    hit_rank = np.where(np.take_along_axis(relevant, order, axis=1).any(axis=1),
-                        np.take_along_axis(relevant, order, axis=1).argmax(axis=1), np.iinfo(np.int64).max)
+    ranked = np.take_along_axis(relevant, np.argsort(-scores, axis=1, kind="stable"), axis=1)
+    hit_rank = np.where(ranked.any(axis=1), ranked.argmax(axis=1), np.iinfo(np.int64).max)
     return {k: float(np.mean(hit_rank < k)) for k in ks}
 
 
@@ -113,8 +113,13 @@ def top_examples(
     return tuple(out)
 
 
-def text_image_recall(encoder: Encoder, pairs: Sequence[Pair], examples: int = 0) -> Section:
-    xb, rows = embed_images(encoder, pairs)
+Embedded = tuple[np.ndarray, np.ndarray]  # embed_images' (vectors, rows), reused across sections
+
+
+def text_image_recall(
+    encoder: Encoder, pairs: Sequence[Pair], examples: int = 0, images: Embedded | None = None
+) -> Section:
+    xb, rows = images or embed_images(encoder, pairs)
     img_keys = _keys(pairs, rows)
     captions = [pairs[i].captions[0] for i in rows]
     xt = encoder.encode_texts(captions)
@@ -127,9 +132,12 @@ def text_image_recall(encoder: Encoder, pairs: Sequence[Pair], examples: int = 0
     return Section({**metrics, "n": len(rows)}, shown)
 
 
-def cross_style_recall(encoder: Encoder, a: Sequence[Pair], b: Sequence[Pair], examples: int = 0) -> Section:
-    xa, ra = embed_images(encoder, a)
-    xb, rb = embed_images(encoder, b)
+def cross_style_recall(
+    encoder: Encoder, a: Sequence[Pair], b: Sequence[Pair], examples: int = 0,
+    images_a: Embedded | None = None, images_b: Embedded | None = None,
+) -> Section:
+    xa, ra = images_a or embed_images(encoder, a)
+    xb, rb = images_b or embed_images(encoder, b)
     ka, kb = _keys(a, ra), _keys(b, rb)
     shared = np.isin(ka, kb)
     scores, relevant = xa[shared] @ xb.T, ka[shared][:, None] == kb[None, :]
@@ -165,10 +173,17 @@ def evaluate(encoder: Encoder, plan: EvalPlan, *, progress: bool = False) -> Eva
     sections: dict[str, Section] = {}
     names = {*plan.corpora, *(x for ab in plan.cross for x in ab)}
     split = {c: load_pairs([c], plan.split, progress=progress) for c in names}
+    embedded: dict[str, Embedded] = {}  # each corpus's images go through the model once per run
+
+    def images(c: str) -> Embedded:
+        if c not in embedded:
+            embedded[c] = embed_images(encoder, split[c])
+        return embedded[c]
+
     for c in plan.corpora:
-        sections[c] = text_image_recall(encoder, split[c], plan.examples)
+        sections[c] = text_image_recall(encoder, split[c], plan.examples, images(c))
     for a, b in plan.cross:
-        sections[f"{a}→{b}"] = cross_style_recall(encoder, split[a], split[b], plan.examples)
+        sections[f"{a}→{b}"] = cross_style_recall(encoder, split[a], split[b], plan.examples, images(a), images(b))
     if plan.photo_queries is not None:
         q = read_photo_queries(plan.photo_queries)
         sections["photos"] = photo_query_recall(encoder, load_pairs([q.corpus], progress=progress), q, plan.examples)

@@ -32,11 +32,11 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 def _thumb(path: str) -> Image.Image:
     """The image fitted into THUMB x THUMB on white; a grey cell when it cannot be decoded."""
-    cell = Image.new("RGB", (THUMB, THUMB), "white")
     try:
         image = decode_image(read_item_bytes(Item(path=path)), name=path).image
     except (OSError, DecodeError):
         return Image.new("RGB", (THUMB, THUMB), (200, 200, 200))
+    cell = Image.new("RGB", (THUMB, THUMB), "white")
     image.thumbnail((THUMB, THUMB))
     cell.paste(image, ((THUMB - image.width) // 2, (THUMB - image.height) // 2))
     return cell

@@ -45,13 +45,19 @@ def _style_manifest(folder: Path, style_seed: int) -> Path:
     return folder / "manifest.parquet"
 
 
-def test_evaluate_text_image_cross_style_and_photo_queries(tmp_path: Path, pixel_encoder) -> None:
+def test_evaluate_text_image_cross_style_and_photo_queries(tmp_path: Path, pixel_encoder, monkeypatch) -> None:
     a, b = _style_manifest(tmp_path / "a", 1), _style_manifest(tmp_path / "b", 2)
     queries = tmp_path / "q.json"
     queries.write_text(json.dumps({"corpus": str(b), "queries": [
         {"query": "something red", "relevant": ["red"]}, {"query": "blue or cyan", "relevant": ["blue", "cyan"]},
     ]}))
+    embedded = []
+    encode_images = pixel_encoder.encode_images
+    monkeypatch.setattr(pixel_encoder, "encode_images", lambda images: embedded.extend(images) or encode_images(images))
     result = evaluate(pixel_encoder, EvalPlan((str(a),), ((str(a), str(b)),), queries, examples=3))
+    # a's images serve both its text<->image section and the cross-style one: embedded once (b's
+    # split for cross-style and b's photo-query gallery are separate sets)
+    assert len(embedded) == 3 * len(COLOURS)
     out = result.metrics
     assert out[str(a)]["t2i_R@1"] == 1.0 and out[str(a)]["i2t_R@1"] == 1.0 and out[str(a)]["n"] == len(COLOURS)
     cross = out[f"{a}→{b}"]

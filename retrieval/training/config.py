@@ -8,7 +8,7 @@ Unknown keys are an error (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ class TrainConfig:
     key_batches: bool = False
     i2i_weight: float = 0.0
     # At inference, score = w * bridge score + (1 - w) * trained score, packed into one vector
-    # ([sqrt(w) bridge ; sqrt(1-w) trained], 768-d; retr_models.AlignedEncoder). Trained heads alone
+    # ([sqrt(w) bridge ; sqrt(1-w) trained]; retr_models.AlignedEncoder). Trained heads alone
     # route photos they never saw to a few hub images; the bridge's ranking still carries them.
     # 0 = trained heads alone.
     bridge_score_weight: float = 0.0
@@ -110,8 +110,6 @@ class TrainConfig:
             raise ValueError("every template needs a '{}' for the caption")
 
     def to_json(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)
 
 

@@ -113,8 +113,8 @@ class _Run:
         """Sampling stays on the CPU (numpy RNG), so a run draws the same batches on any device."""
         views = torch.from_numpy(rng.integers(self.pooled.shape[1], size=len(idx))).to(self.device)
         t = torch.from_numpy(np.array([rng.choice(self.per_pair[i]) for i in idx])).to(self.device)
-        i = torch.from_numpy(idx).to(self.device)
-        keys = self.keys[torch.from_numpy(idx)].to(self.device)
+        rows = torch.from_numpy(idx)
+        keys, i = self.keys[rows].to(self.device), rows.to(self.device)
         same = keys[:, None] == keys[None, :]
         return self.pooled[i, views], self.bridge[i, views], self.thumb[i, views], self.texts[t], same
 

@@ -35,6 +35,8 @@ THUMB_DIM = 3 * THUMB_SIDE * THUMB_SIDE
 def colour_thumbnail(pixels: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) normalised pixels -> (B, 192): the image averaged down to 8x8, per channel."""
     return F.adaptive_avg_pool2d(pixels.float(), THUMB_SIDE).flatten(1)
+
+
 WEIGHTS, CONFIG = "head.safetensors", "head.json"
 
 
