@@ -37,6 +37,7 @@ SOURCES = ("npm", "debian", "pypi")
 # An exact version starts with a digit and has no range syntax (^1.2, ~1, >=2, 1.x, *, latest).
 EXACT_VERSION = re.compile(r"\d[0-9A-Za-z.+~:-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_SUBFOLDER = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # one level, never "." or ".."
 _ARCHIVE_SUFFIX = {"npm": ".tgz", "debian": ".deb", "pypi": ".whl"}
 
 
@@ -52,6 +53,9 @@ class ArchiveRef:
     # The name it is cached under. Empty: PACKAGE-VERSION plus the source's suffix. A wheel keeps
     # pip's own name (timm-1.0.31-py3-none-any.whl) so it stays a valid wheel file name.
     filename: str = ""
+    # A sub-folder of the corpus tree to extract into. Empty: its root. Two npm packages both hold
+    # package/chars.json; one of them goes to e.g. "twemoji/" so neither overwrites the other.
+    into: str = ""
 
     def __post_init__(self) -> None:
         if not self.filename:
@@ -89,7 +93,10 @@ def archive_ref(obj: Mapping[str, Any], where: str) -> ArchiveRef:
     filename, suffix = obj.get("filename", ""), _ARCHIVE_SUFFIX[source]
     if filename and (not isinstance(filename, str) or "/" in filename or not filename.endswith(suffix)):
         raise ValueError(f"{where}: 'filename' must be a bare file name ending in {suffix}")
-    return ArchiveRef(source, require_str(obj, "package", where), version, sha256, tuple(extract), filename)
+    into = obj.get("into", "")
+    if into and (not isinstance(into, str) or not _SUBFOLDER.fullmatch(into)):
+        raise ValueError(f"{where}: 'into' must be a relative folder name (letters, digits, . _ -), got {into!r}")
+    return ArchiveRef(source, require_str(obj, "package", where), version, sha256, tuple(extract), filename, into)
 
 
 # ---------------------------------------------------------------------------------------------------

