@@ -71,6 +71,13 @@ def test_tiny_training_lowers_loss_and_raises_recall(tmp_path: Path, bridge) -> 
     changed = parse_config({**config.to_json(), "lr": 1e-2, "augment": {"views": 2}, "head": {}})
     with pytest.raises(ValueError, match="different config"):
         train(changed, bridge, cache=tmp_path / "cache", progress=False)
+    # same config, other captions: the saved state was trained on other data, so it is not resumed
+    table = pq.read_table(manifest)
+    recaptioned = [c.replace("square", "tile") for c in table.column("caption").to_pylist()]
+    column = table.schema.get_field_index("caption")
+    pq.write_table(table.set_column(column, "caption", pa.array(recaptioned)), manifest)
+    with pytest.raises(ValueError, match="different config or training data"):
+        train(config, bridge, cache=tmp_path / "cache", progress=False)
     assert (report.out / STATE).exists()
 
 
@@ -153,6 +160,11 @@ def test_alternative_captions_keep_the_caption_prefix() -> None:
         "flag of Indonesia", "flag of Republic of Indonesia")
     assert _alternatives("grinning face", "grinning face | grinning") == ("grinning face", "grinning")
     assert _alternatives("thumbs up", None) == ("thumbs up",)
+    # Tags that happen to end the caption are names of their own, not a prefix to paste elsewhere
+    # (this once turned OpenMoji's "grinning face" + tag "happy" into "grinning happy").
+    assert _alternatives("grinning face", "grinning face | face | happy") == ("grinning face", "face", "happy")
+    assert _alternatives("face with tears of joy", "face with tears of joy | joy") == ("face with tears of joy", "joy")
+    assert _alternatives("Crawfish", "Crawfish | food | fish") == ("Crawfish", "food", "fish")
 
 
 def test_losses_prefer_aligned_pairs_and_count_shared_keys_as_positives() -> None:
@@ -171,10 +183,17 @@ def test_losses_prefer_aligned_pairs_and_count_shared_keys_as_positives() -> Non
     assert clip_loss(x, shuffled, same, t) < clip_loss(x, shuffled, eye, t)
 
 
-def test_default_config_file_parses() -> None:
-    path = Path(__file__).resolve().parent.parent / "retrieval" / "training" / "configs" / "default.json"
-    config = read_config(path)
-    assert json.loads(path.read_text())["corpora"] == list(config.corpora)
+def test_config_files_parse_and_name_known_corpora() -> None:
+    from indexing.cache import manifest_dir
+    from indexing.corpora import list_corpora
+
+    known = {c.name for c in list_corpora(manifest_dir())}
+    paths = sorted((Path(__file__).resolve().parent.parent / "retrieval" / "training" / "configs").glob("*.json"))
+    assert [p.name for p in paths] == ["default.json", "more-styles.json"]
+    for path in paths:
+        config = read_config(path)
+        assert json.loads(path.read_text())["corpora"] == list(config.corpora)
+        assert set(config.corpora) <= known, path.name
 
 
 def test_key_batches_keep_each_keys_items_adjacent_and_lose_none() -> None:
@@ -192,6 +211,29 @@ def test_key_batches_keep_each_keys_items_adjacent_and_lose_none() -> None:
     assert len(runs) == len(set(runs)) == 4  # each key appears as one contiguous run
     plain = _epoch_order(FakeRun(), np.random.default_rng(0), key_batches=False)
     assert sorted(plain.tolist()) == list(range(7))
+
+
+def test_styles_per_key_caps_each_keys_items_per_epoch_and_reaches_them_all_over_epochs() -> None:
+    import torch
+
+    from retrieval.training.loop import _epoch_order, _epoch_size
+
+    class FakeRun:
+        keys = torch.tensor([0, 0, 0, 0, 0, 1, 1, 2])  # key 0 in five styles, key 1 in two, key 2 in one
+
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(20):
+        order = _epoch_order(FakeRun(), rng, key_batches=True, per_key=2)
+        keys = FakeRun.keys.numpy()[order]
+        assert sorted(keys.tolist()) == [0, 0, 1, 1, 2]  # two of key 0's five, all of the others
+        assert len(set(order.tolist())) == 5
+        seen |= set(order.tolist())
+    assert seen == set(range(8))  # a fresh choice each epoch: every item is trained on
+    config = parse_config({"corpora": ["x"], "key_batches": True, "styles_per_key": 2})
+    assert _epoch_size(FakeRun(), config) == 5
+    with pytest.raises(ValueError, match="only with key_batches"):
+        parse_config({"corpora": ["x"], "styles_per_key": 2})
 
 
 def test_train_cli_reads_config_and_prints_the_model_spec(monkeypatch, tmp_path: Path) -> None:

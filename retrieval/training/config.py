@@ -60,6 +60,9 @@ class TrainConfig:
     # Batches hold every style of a key together (Noto + Twemoji + OpenMoji of one emoji), and an
     # image<->image SigLIP term with this weight pulls those drawings together (cross-style search).
     key_batches: bool = False
+    # With key_batches: at most this many of a key's items per epoch (a fresh random choice each
+    # epoch; 0 = all). Keeps batches as varied in keys when many styles of one emoji are trained on.
+    styles_per_key: int = 0
     i2i_weight: float = 0.0
     # At inference, score = w * bridge score + (1 - w) * trained score, packed into one vector
     # ([sqrt(w) bridge ; sqrt(1-w) trained]; retr_models.AlignedEncoder). Trained heads alone
@@ -104,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"members must be >= 1, got {self.members}")
         if self.members > 1 and self.head.text_adapter:
             raise ValueError("members > 1 needs head.text_adapter = false: members must share the text side")
+        if self.styles_per_key < 0 or (self.styles_per_key > 0 and not self.key_batches):
+            raise ValueError("styles_per_key must be >= 0, and > 0 only with key_batches")
         if self.augment.views < 1:
             raise ValueError("augment.views must be >= 1")
         if not all("{}" in t for t in self.templates):

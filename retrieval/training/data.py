@@ -27,15 +27,16 @@ class Pair:
 def _alternatives(caption: str, names: str | None) -> tuple[str, ...]:
     """The caption plus its alternative names, phrased like the caption.
 
-    When the caption is a name with a prefix ("flag of Indonesia" for the name "Indonesia"), the
-    same prefix goes in front of the other names ("flag of Republic of Indonesia").
+    When the caption is the first name with a prefix ("flag of Indonesia" for the names
+    "Indonesia | Republic of Indonesia"), the same prefix goes in front of the other names ("flag of
+    Republic of Indonesia"). Names that merely end the caption are kept as they are: "face" is a tag
+    of "grinning face", not the stem of a phrase, and "fish" one of "Crawfish".
     """
     alts = [n.strip() for n in (names or "").split(" | ") if n.strip()]
     prefix = ""
-    for n in alts:
-        if caption.endswith(n) and caption != n:
-            prefix = caption[: len(caption) - len(n)]
-            break
+    first = alts[0] if alts else ""
+    if first and caption != first and caption.endswith(" " + first):
+        prefix = caption[: len(caption) - len(first)]
     out = [caption]
     for n in alts:
         phrased = (prefix + n).replace("_", " ").strip()

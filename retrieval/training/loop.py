@@ -25,7 +25,7 @@ from indexing.atomic import atomic_path
 from indexing.manifest import git_sha
 from retrieval.training.config import TrainConfig
 from retrieval.training.data import Pair, load_pairs
-from retrieval.training.features import Features, compute_features
+from retrieval.training.features import Features, cache_key, compute_features
 from retrieval.training.losses import clip_loss, siglip_loss
 from retrieval.training.model import AlignedHeads, HeadEnsemble, member_heads, save_heads
 
@@ -54,8 +54,14 @@ def caption_table(pairs: Sequence[Pair], templates: Sequence[str]) -> tuple[list
     return list(index), per_pair
 
 
-def _config_hash(config: TrainConfig) -> str:
+def _run_hash(config: TrainConfig, data_key: str) -> str:
+    """What a saved state must have been trained on to be resumed: this config and these features.
+
+    data_key is the feature cache's key (pairs, caption strings, augmentation, towers): a state
+    trained on other data, e.g. before a corpus or caption change, is refused rather than resumed.
+    """
     obj = {k: v for k, v in config.to_json().items() if k not in ("out", "num_workers", "feature_batch_size")}
+    obj["data"] = data_key
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -83,14 +89,31 @@ def _loss(heads: AlignedHeads, batch: tuple[torch.Tensor, ...], i2i: float) -> t
     return loss
 
 
-def _epoch_order(run: _Run, rng: np.random.Generator, key_batches: bool) -> np.ndarray:
-    """Item order for one epoch: shuffled items, or shuffled keys with each key's items adjacent."""
-    if not key_batches:
-        return rng.permutation(len(run.keys))
+def _key_groups(run: _Run) -> list[np.ndarray]:
     keys = run.keys.numpy()
     order = np.argsort(keys, kind="stable")
-    groups = np.split(order, np.flatnonzero(np.diff(keys[order])) + 1)
+    return np.split(order, np.flatnonzero(np.diff(keys[order])) + 1)
+
+
+def _epoch_order(run: _Run, rng: np.random.Generator, key_batches: bool, per_key: int = 0) -> np.ndarray:
+    """Item order for one epoch: shuffled items, or shuffled keys with each key's items adjacent.
+
+    per_key > 0 (with key_batches): a key with more items than that brings a fresh random
+    per_key of them each epoch, so a batch holds as many different keys however many styles
+    the corpora draw one emoji in.
+    """
+    if not key_batches:
+        return rng.permutation(len(run.keys))
+    groups = _key_groups(run)
+    if per_key > 0:
+        groups = [g if len(g) <= per_key else rng.choice(g, per_key, replace=False) for g in groups]
     return np.concatenate([groups[g] for g in rng.permutation(len(groups))])
+
+
+def _epoch_size(run: _Run, config: TrainConfig) -> int:
+    if not (config.key_batches and config.styles_per_key > 0):
+        return len(run.keys)
+    return sum(min(len(g), config.styles_per_key) for g in _key_groups(run))
 
 
 class _Run:
@@ -143,7 +166,9 @@ def _resume(path: Path, heads: AlignedHeads, opt, rng: np.random.Generator, h: s
         return 0, []
     state = torch.load(path, weights_only=False, map_location=next(heads.parameters()).device)
     if state["config_hash"] != h:
-        raise ValueError(f"{path.parent} holds a run with a different config; use another `out` or delete {path}")
+        raise ValueError(
+            f"{path.parent} holds a run with a different config or training data; use another `out` or delete {path}"
+        )
     heads.load_state_dict(state["heads"])
     opt.load_state_dict(state["opt"])
     rng.bit_generator.state = state["rng"]
@@ -160,14 +185,14 @@ def _train_member(
     rng = np.random.default_rng(config.seed + member)
     path = _state_path(Path(config.out), member)
     start, losses = _resume(path, heads, opt, rng, h)
-    steps_per_epoch = len(run.keys) // config.batch_size
+    steps_per_epoch = _epoch_size(run, config) // config.batch_size
     total = steps_per_epoch * config.epochs
     bar.update(start * steps_per_epoch)
     if config.members > 1:
         bar.set_description(f"train member {member + 1}/{config.members}")
     heads.train()
     for epoch in range(start, config.epochs):
-        perm = _epoch_order(run, rng, config.key_batches)
+        perm = _epoch_order(run, rng, config.key_batches, config.styles_per_key)
         epoch_losses = []
         for s in range(steps_per_epoch):
             step = epoch * steps_per_epoch + s
@@ -202,9 +227,9 @@ def train(config: TrainConfig, bridge, *, cache: Path, progress: bool = True) ->
     feats = compute_features(pairs, texts, bridge, config.augment, cache=cache, seed=config.seed,
                              batch_size=config.feature_batch_size, num_workers=config.num_workers, progress=progress)
     run = _Run(feats, pairs, per_pair, bridge)
-    h = _config_hash(config)
+    h = _run_hash(config, cache_key(pairs, config.augment, texts, config.seed, bridge.name))
     n = len(run.keys)
-    total = (n // config.batch_size) * config.epochs * config.members
+    total = (_epoch_size(run, config) // config.batch_size) * config.epochs * config.members
     members, histories, epochs_run = [], [], 0
     with tqdm(total=total, unit="step", desc="train", disable=not progress) as bar:
         for k in range(config.members):
