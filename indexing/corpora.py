@@ -157,7 +157,8 @@ def find_corpus(name: str, manifest_dir: Path) -> Corpus:
 
 
 def _extraction_marker(corpus: Corpus) -> str:
-    archives = [[a.label, a.sha256, list(a.extract), a.into] for a in corpus.archives]
+    # `into` joins the entry only where set, so trees extracted before it existed stay valid
+    archives = [[a.label, a.sha256, list(a.extract)] + ([a.into] if a.into else []) for a in corpus.archives]
     return json.dumps(archives + ([[corpus.parser, UNPACK_FORMAT]] if corpus.parser in UNPACKERS else []))
 
 

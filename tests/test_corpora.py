@@ -279,6 +279,16 @@ def test_iconify_keys_drop_a_name_two_maps_disagree_on(tmp_path):
     assert corpora.iconify_keys([a, b], qualified) == {"thumbs-up": "1F44D"}
 
 
+def test_extraction_marker_keeps_its_old_form_for_archives_without_into():
+    # trees extracted before `into` existed must not all be unpacked again (openclipart is 342 MB)
+    corpus = find_corpus("emoji-google", manifest_dir())
+    old_form = json.dumps([[a.label, a.sha256, list(a.extract)] for a in corpus.archives])
+    assert corpora._extraction_marker(corpus) == old_form
+    iconify = find_corpus("emoji-emojione", manifest_dir())
+    marker = corpora._extraction_marker(iconify)
+    assert '"twemoji"' in marker and '"iconify-emoji"' in marker
+
+
 def test_unpacking_refuses_an_icon_name_that_is_not_a_file_name(tmp_path):
     icons = tmp_path / "icons.json"
     icons.write_text(json.dumps({"icons": {"../../evil": {"body": "<g/>"}}}))

@@ -199,10 +199,11 @@ def test_config_files_parse_and_name_known_corpora() -> None:
 def test_key_batches_keep_each_keys_items_adjacent_and_lose_none() -> None:
     import torch
 
-    from retrieval.training.loop import _epoch_order
+    from retrieval.training.loop import _epoch_order, key_groups
 
     class FakeRun:
         keys = torch.tensor([3, 1, 3, 0, 1, 3, 2])
+        groups = key_groups(keys.numpy())
 
     order = _epoch_order(FakeRun(), np.random.default_rng(0), key_batches=True)
     assert sorted(order.tolist()) == list(range(7))
@@ -216,10 +217,11 @@ def test_key_batches_keep_each_keys_items_adjacent_and_lose_none() -> None:
 def test_styles_per_key_caps_each_keys_items_per_epoch_and_reaches_them_all_over_epochs() -> None:
     import torch
 
-    from retrieval.training.loop import _epoch_order, _epoch_size
+    from retrieval.training.loop import _epoch_order, _epoch_size, key_groups
 
     class FakeRun:
         keys = torch.tensor([0, 0, 0, 0, 0, 1, 1, 2])  # key 0 in five styles, key 1 in two, key 2 in one
+        groups = key_groups(keys.numpy())
 
     rng = np.random.default_rng(0)
     seen = set()

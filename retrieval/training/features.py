@@ -41,6 +41,7 @@ class Features:
     ok: np.ndarray  # (N,) bool, False where the image could not be decoded
     texts: list[str]  # unique caption strings
     text_vectors: np.ndarray  # (T, 384) float32, MiniLM, unit norm
+    key: str  # cache_key() of the inputs: names exactly what these features were computed from
 
 
 def augment_view(image_bytes: bytes, name: str, view: int, seed: int, aug: AugmentConfig) -> Image.Image:
@@ -140,4 +141,5 @@ def _load(folder: Path) -> Features:
         ok=np.load(folder / "ok.npy"),
         texts=json.loads((folder / "texts.json").read_text()),
         text_vectors=np.load(folder / "text_vectors.npy"),
+        key=folder.name,
     )

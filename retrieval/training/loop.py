@@ -25,7 +25,7 @@ from indexing.atomic import atomic_path
 from indexing.manifest import git_sha
 from retrieval.training.config import TrainConfig
 from retrieval.training.data import Pair, load_pairs
-from retrieval.training.features import Features, cache_key, compute_features
+from retrieval.training.features import Features, compute_features
 from retrieval.training.losses import clip_loss, siglip_loss
 from retrieval.training.model import AlignedHeads, HeadEnsemble, member_heads, save_heads
 
@@ -89,8 +89,8 @@ def _loss(heads: AlignedHeads, batch: tuple[torch.Tensor, ...], i2i: float) -> t
     return loss
 
 
-def _key_groups(run: _Run) -> list[np.ndarray]:
-    keys = run.keys.numpy()
+def key_groups(keys: np.ndarray) -> list[np.ndarray]:
+    """Item indices per key, in key order (each group ascending)."""
     order = np.argsort(keys, kind="stable")
     return np.split(order, np.flatnonzero(np.diff(keys[order])) + 1)
 
@@ -104,7 +104,7 @@ def _epoch_order(run: _Run, rng: np.random.Generator, key_batches: bool, per_key
     """
     if not key_batches:
         return rng.permutation(len(run.keys))
-    groups = _key_groups(run)
+    groups = run.groups
     if per_key > 0:
         groups = [g if len(g) <= per_key else rng.choice(g, per_key, replace=False) for g in groups]
     return np.concatenate([groups[g] for g in rng.permutation(len(groups))])
@@ -113,7 +113,7 @@ def _epoch_order(run: _Run, rng: np.random.Generator, key_batches: bool, per_key
 def _epoch_size(run: _Run, config: TrainConfig) -> int:
     if not (config.key_batches and config.styles_per_key > 0):
         return len(run.keys)
-    return sum(min(len(g), config.styles_per_key) for g in _key_groups(run))
+    return sum(min(len(g), config.styles_per_key) for g in run.groups)
 
 
 class _Run:
@@ -131,6 +131,7 @@ class _Run:
         self.per_pair = [per_pair[i] for i in keep]
         _, key_ids = np.unique([pairs[i].key for i in keep], return_inverse=True)
         self.keys = torch.from_numpy(key_ids)  # CPU: epoch order is drawn with numpy
+        self.groups = key_groups(key_ids)  # items per key, for key batches
 
     def batch(self, idx: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
         """Sampling stays on the CPU (numpy RNG), so a run draws the same batches on any device."""
@@ -227,7 +228,7 @@ def train(config: TrainConfig, bridge, *, cache: Path, progress: bool = True) ->
     feats = compute_features(pairs, texts, bridge, config.augment, cache=cache, seed=config.seed,
                              batch_size=config.feature_batch_size, num_workers=config.num_workers, progress=progress)
     run = _Run(feats, pairs, per_pair, bridge)
-    h = _run_hash(config, cache_key(pairs, config.augment, texts, config.seed, bridge.name))
+    h = _run_hash(config, feats.key)
     n = len(run.keys)
     total = (_epoch_size(run, config) // config.batch_size) * config.epochs * config.members
     members, histories, epochs_run = [], [], 0
