@@ -532,6 +532,56 @@ def parse_iconify_emoji(root: Path, corpus: Corpus) -> Parsed:
     return Parsed(pa.Table.from_pylist(rows, schema=EMOJI_SCHEMA), sum(reasons.values()), dict(reasons))
 
 
+# -- Iconify icon sets named in words (@iconify-json/game-icons, /icon-park, /mdi, ...)
+
+ICONIFY_NAMES_SCHEMA = pa.schema(
+    BASE_FIELDS
+    + [
+        pa.field("icon", pa.string()),  # the Iconify icon name ("police-car")
+        pa.field("icon_set", pa.string()),  # the set's Iconify prefix ("game-icons")
+    ]
+)
+_MIN_CAPTION_LETTERS = 3  # "ad", "tv": too short to be trained on as a description
+
+
+def iconify_caption(name: str, drop_words: frozenset[str] = frozenset()) -> str | None:
+    """An Iconify icon name as a caption ("police-car" -> "police car"), or None when it is not one.
+
+    Number tokens go (sizes such as fluent's "-24", indices such as "abstract-011"); a name with a
+    word of `drop_words` (a set's variant markers: "outline", "off", ...) is not a caption of its own.
+    """
+    words = [w for w in name.split("-") if not w.isdigit()]
+    if not words or any(w in drop_words for w in words) or sum(map(len, words)) < _MIN_CAPTION_LETTERS:
+        return None
+    return " ".join(words)
+
+
+def parse_iconify_names(root: Path, corpus: Corpus) -> Parsed:
+    """One item per icon of an Iconify set whose names are words, captioned by its name.
+
+    Keys are "icon:<caption>", shared by every such set, so one concept drawn by two sets ("magnet"
+    in game-icons and mdi) counts as one key, with one split. Skipped, by reason: `not_a_caption`
+    (numbers, too short, or a variant marker of params.drop_words), `duplicate_caption` (the first
+    icon by name wins: "cloud" before "cloud-24").
+    """
+    params = corpus.params
+    drop = frozenset(params.get("drop_words", ()))
+    prefix = json.loads((root / params["icons_file"]).read_text(encoding="utf-8")).get("prefix", corpus.name)
+    rows, seen, reasons = [], set(), Counter[str]()
+    # by name, not file name: "magnet" comes before "magnet-24" ('.' sorts after '-')
+    for image in sorted((root / params["image_dir"]).glob("*.svg"), key=lambda p: p.stem):
+        caption = iconify_caption(image.stem, drop)
+        if caption is None:
+            reasons["not_a_caption"] += 1
+        elif caption in seen:
+            reasons["duplicate_caption"] += 1
+        else:
+            seen.add(caption)
+            row = _base_row(corpus, f"icon:{caption}", image, caption, caption)
+            rows.append({**row, "icon": image.stem, "icon_set": prefix})
+    return Parsed(pa.Table.from_pylist(rows, schema=ICONIFY_NAMES_SCHEMA), sum(reasons.values()), dict(reasons))
+
+
 # -- openclipart 0.18 (Debian): png/CATEGORY/.../NAME.png, titled by svg/CATEGORY/.../NAME.svg
 
 CLIPART_SCHEMA = pa.schema(
@@ -782,6 +832,7 @@ PARSERS: dict[str, Callable[[Path, Corpus], Parsed]] = {
     "emoji-codepoint-files": parse_emoji_codepoint_files,
     "emoji-datasource": parse_emoji_datasource,
     "iconify-emoji": parse_iconify_emoji,
+    "iconify-names": parse_iconify_names,
     "iso-flags": parse_iso_flags,
     "openclipart": parse_openclipart,
     "openmoji": parse_openmoji,
@@ -789,7 +840,10 @@ PARSERS: dict[str, Callable[[Path, Corpus], Parsed]] = {
 }
 
 # Steps that run inside extraction, for parsers whose images are not files in the archive.
-UNPACKERS: dict[str, Callable[[Path, Corpus], None]] = {"iconify-emoji": unpack_iconify}
+UNPACKERS: dict[str, Callable[[Path, Corpus], None]] = {
+    "iconify-emoji": unpack_iconify,
+    "iconify-names": unpack_iconify,
+}
 UNPACK_FORMAT = 1  # bump when an unpacker's output changes, so extracted trees are rebuilt
 
 

@@ -271,6 +271,37 @@ def test_parse_iconify_emoji_unpacks_svgs_and_keys_them_like_emoji_google(tmp_pa
     assert thumb.width == 2 * thumb.height  # drawn in its own 32x16 box, not the set's 32x32
 
 
+NAMED_ICONS = {  # an Iconify set named in words (game-icons, icon-park, mdi)
+    "prefix": "tiny-named",
+    "icons": {
+        "police-car": {"body": '<rect width="16" height="16" fill="#00f"/>'},
+        "police-car-outline": {"body": '<rect width="16" height="16" fill="#888"/>'},  # a variant marker
+        "magnet-24": {"body": '<rect width="16" height="16" fill="#c00"/>'},  # a size suffix
+        "magnet": {"body": '<rect width="16" height="16" fill="#0c0"/>'},  # the same caption again
+        "abstract-011": {"body": '<rect width="16" height="16"/>'},  # a dropped word + an index
+        "tv": {"body": '<rect width="16" height="16"/>'},  # too short to describe a picture
+    },
+}
+
+
+def test_parse_iconify_names_captions_icons_by_their_names_and_keys_them_across_sets(tmp_path):
+    (tmp_path / "package").mkdir()
+    (tmp_path / "package/icons.json").write_text(json.dumps(NAMED_ICONS))
+    corpus = _corpus("iconify-names", {"icons_file": "package/icons.json", "image_dir": "icons",
+                                       "drop_words": ["outline", "abstract"]})
+    corpora.UNPACKERS["iconify-names"](tmp_path, corpus)
+    parsed = corpora.PARSERS["iconify-names"](tmp_path, corpus)
+    rows = {r["caption"]: r for r in parsed.table.to_pylist()}
+    assert sorted(rows) == ["magnet", "police car"]
+    # "magnet" sorts before "magnet-24", so the unsuffixed icon is the one kept
+    assert rows["magnet"]["icon"] == "magnet" and rows["police car"]["icon_set"] == "tiny-named"
+    assert rows["magnet"]["key"] == "icon:magnet" and rows["magnet"]["split"] == split_for_key("icon:magnet")
+    assert parsed.skipped_by_reason == {"not_a_caption": 3, "duplicate_caption": 1}
+    image = decode_image(Path(rows["magnet"]["image"]).read_bytes(), name="magnet.svg").image.convert("RGB")
+    assert image.getpixel((image.width // 2, image.height // 2)) == (0, 204, 0)
+    assert corpora.iconify_caption("card-10-spades") == "card spades"
+
+
 def test_iconify_keys_drop_a_name_two_maps_disagree_on(tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps({"1f600": "smile", "1f44d": "thumbs-up"}))
@@ -941,3 +972,16 @@ def test_fetch_real_openclipart_corpus_from_debian(tmp_path):
         assert not captions & {"gramastar", "card", "Lemon SVG theme"}
     finally:
         shutil.rmtree(tmp_path / "corpora", ignore_errors=True)  # half a gigabyte: not left in pytest's tmp
+
+
+@pytest.mark.slow
+def test_fetch_real_game_icons_from_npm(tmp_path):
+    if shutil.which("npm") is None:
+        pytest.skip("needs npm")
+    result = _fetch_real("icons-game-icons", tmp_path)
+    assert (result.n_items, result.n_skipped) == (3962, 171)  # @iconify-json/game-icons 1.2.4
+    rows = {r["caption"]: r for r in pq.read_table(result.manifest_path).to_pylist()}
+    assert rows["magnet"]["key"] == "icon:magnet" and rows["cactus"]["image"].endswith("icons/cactus.svg")
+    with open(rows["magnet"]["image"], "rb") as f:
+        magnet = decode_image(f.read(), name="magnet.svg").image.convert("L")
+    assert min(magnet.getdata()) < 50 and max(magnet.getdata()) > 200  # a dark glyph drawn on white
