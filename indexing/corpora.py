@@ -55,7 +55,7 @@ from indexing.iconify import unpack_icons
 # fetches or versions, and emoji-google / emoji-twitter put the same emoji in the same split.
 TEST_FRACTION = 0.10
 # Bump when a parser's output changes, so cached manifests are rebuilt instead of reused.
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: flags keyed by their emoji (flag_emoji_key)
 EXTRACTED_MARKER = ".retr-extracted.json"
 
 _CORPUS_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -344,10 +344,22 @@ def flag_caption(country: Mapping[str, str]) -> str:
     return f"flag of {name}"
 
 
+_REGIONAL_INDICATOR_A = 0x1F1E6
+
+
+def flag_emoji_key(alpha_2: str) -> str:
+    """'BY' -> '1F1E7-1F1FE': the emoji-datasource key of the country's flag emoji (two regional indicators).
+
+    Flags are keyed like their emoji, so "flag of Belarus" and the Noto / Twemoji / OpenMoji drawings
+    of 🇧🇾 are one concept with one split: a country held out of the emoji is held out of the flags.
+    """
+    return "-".join(f"{_REGIONAL_INDICATOR_A + ord(c) - ord('A'):X}" for c in alpha_2.upper())
+
+
 def flag_row(country: Mapping[str, str], image: Path, corpus: Corpus) -> dict[str, Any]:
     names = [country_display_name(country), country.get("common_name"), country["name"], country.get("official_name")]
     return {
-        **_base_row(corpus, country["alpha_2"].upper(), image, flag_caption(country), join_names(names)),
+        **_base_row(corpus, flag_emoji_key(country["alpha_2"]), image, flag_caption(country), join_names(names)),
         "emoji": country.get("flag", ""),
         "alpha_3": country.get("alpha_3", ""),
         "numeric": country.get("numeric", ""),

@@ -369,8 +369,8 @@ def test_parse_iso_flags_captions_known_codes_and_skips_the_rest(tmp_path):
     rows = parsed.table.to_pylist()
     assert parsed.n_skipped == 1  # _olympic.png has no ISO 3166-1 name
     assert [r["caption"] for r in rows] == ["flag of the Democratic Republic of the Congo", "flag of France"]
-    assert [r["key"] for r in rows] == ["CD", "FR"]
-    assert [r["split"] for r in rows] == ["train", "train"]
+    assert [r["key"] for r in rows] == ["1F1E8-1F1E9", "1F1EB-1F1F7"]  # keyed like the 🇨🇩 and 🇫🇷 emoji
+    assert [r["split"] for r in rows] == [split_for_key(r["key"]) for r in rows]
     assert rows[1]["names"] == "France | French Republic"
     assert rows[1]["alpha_3"] == "FRA" and rows[1]["emoji"] == "🇫🇷"
 
@@ -876,6 +876,8 @@ def test_fetch_real_flags_corpus_from_debian(tmp_path):
     items = list_items(str(result.manifest_path))
     captions = {it.caption for it in items}
     assert {"flag of France", "flag of Japan", "flag of Brazil"} <= captions
+    france = next(it for it in items if it.caption == "flag of France")
+    assert france.extra["key"] == "1F1EB-1F1F7"  # emoji-google's key for 🇫🇷
     assert all(Path(it.path).is_file() for it in items)
     with Image.open(io.BytesIO(Path(items[0].path).read_bytes())) as im:
         assert im.size == (320, 240)
