@@ -173,3 +173,18 @@ def test_instance_block_changes_image_image_scores_only(tmp_path) -> None:
     ensemble = w * qb @ b.T + (1 - w) * qt @ t.T
     assert np.allclose(xt @ xi.T, (1 - c) ** 0.5 * ensemble, atol=1e-4)
     assert np.allclose(xi @ xi.T, (1 - c) * (w * b @ b.T + (1 - w) * t @ t.T) + c * inst @ inst.T, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_heads_trained_on_lite2_load_with_lite2_and_its_input_size(tmp_path) -> None:
+    from retrieval.encoders.towers import EFFICIENTNET_LITES
+    from retrieval.training.config import IMAGE_TOWERS, HeadConfig
+    from retrieval.training.model import AlignedHeads, save_heads
+
+    assert set(IMAGE_TOWERS) - {"random-efficientnet-lite0"} == set(EFFICIENTNET_LITES)
+    save_heads(AlignedHeads(HeadConfig(hidden=0)), tmp_path, {"train": {"image_tower": "efficientnet-lite2"}})
+    enc = load_encoder(f"retr:{tmp_path}")
+    assert enc.preprocess.size == 260 and enc.bridge.name == "retr:imagenet-bridge-lite2"
+    # untrained heads are the bridge itself: the same ranking as retr:imagenet-bridge-lite2
+    top = np.argmax(enc.encode_texts(list(KNOWN)) @ enc.encode_images(_photos()).T, axis=1)
+    assert [PHOTOS[i] for i in top] == list(KNOWN.values())

