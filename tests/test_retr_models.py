@@ -188,3 +188,24 @@ def test_heads_trained_on_lite2_load_with_lite2_and_its_input_size(tmp_path) -> 
     # untrained heads are the bridge itself: the same ranking as retr:imagenet-bridge-lite2
     top = np.argmax(enc.encode_texts(list(KNOWN)) @ enc.encode_images(_photos()).T, axis=1)
     assert [PHOTOS[i] for i in top] == list(KNOWN.values())
+
+
+@pytest.mark.slow
+def test_a_checkpoints_id_changes_with_its_scoring_weights_as_well_as_its_weights(tmp_path) -> None:
+    """head.json's w / c change the vectors without touching head.safetensors: indexes must see that."""
+    import json
+
+    from retrieval.encoders.retr_models import checkpoint_id
+    from retrieval.training.config import HeadConfig
+    from retrieval.training.model import AlignedHeads, save_heads
+
+    save_heads(AlignedHeads(HeadConfig(hidden=0)), tmp_path, {"train": {"bridge_score_weight": 0.5}})
+    before = load_encoder(f"retr:{tmp_path}")
+    meta = json.loads((tmp_path / "head.json").read_text())
+    meta["train"]["bridge_score_weight"] = 0.4
+    (tmp_path / "head.json").write_text(json.dumps(meta))
+    after = load_encoder(f"retr:{tmp_path}")
+    assert before.weights_id.startswith("sha256:") and before.weights_id != after.weights_id
+    assert after.weights_id == checkpoint_id(tmp_path)
+    photo = _photos()[:1]
+    assert not np.allclose(before.encode_images(photo), after.encode_images(photo))

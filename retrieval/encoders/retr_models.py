@@ -117,6 +117,17 @@ def packed_dim(meta: dict) -> int:
     return MINILM_DIM + bridge + instance
 
 
+def checkpoint_id(folder: Path) -> str:
+    """What indexes record for a trained checkpoint: its weights *and* its head.json, which sets how
+    they are scored (bridge and instance weights, bridge settings, image tower). Editing either one
+    changes the vectors, so either one makes an index built before stale."""
+    from indexing.manifest import file_sha256
+    from retrieval.training.model import CONFIG, WEIGHTS
+
+    digests = "\0".join(file_sha256(folder / name) for name in (WEIGHTS, CONFIG))
+    return "sha256:" + hashlib.sha256(digests.encode()).hexdigest()[:16]
+
+
 class AlignedEncoder(Encoder):
     """Locked EfficientNet-Lite + MiniLM towers with trained heads (retrieval.training.model).
 
@@ -132,12 +143,11 @@ class AlignedEncoder(Encoder):
     """
 
     def __init__(self, name: str, folder: Path, device: str = "cpu") -> None:
-        from indexing.manifest import file_sha256
-        from retrieval.training.model import WEIGHTS, load_heads
+        from retrieval.training.model import load_heads
 
         self.name, self.device = name, device
         self.heads, self.meta = load_heads(folder, device)
-        self.weights_id = "sha256:" + file_sha256(Path(folder) / WEIGHTS)[:16]
+        self.weights_id = checkpoint_id(Path(folder))
         train = self.meta.get("train", {})
         bridge_config = BridgeConfig(**train.get("bridge", {}))
         self.bridge = tower_bridge(train.get("image_tower", IMAGE_TOWERS[0]), device, bridge_config)
