@@ -515,6 +515,24 @@ def iconify_keys(chars_files: Sequence[Path], qualified: Mapping[str, str]) -> d
     return {n: k for n, k in keys.items() if n not in conflicted}
 
 
+def first_icon_per_name(
+    images: Sequence[Path], name_of: Callable[[Path], str | None], unnamed: str, duplicate: str
+) -> tuple[list[tuple[Path, str]], Counter[str]]:
+    """(image, name) for the first of `images` under each name, and what was skipped, by reason:
+    `unnamed` where name_of gives None, `duplicate` for a later image of a name already taken."""
+    kept, seen, reasons = [], set(), Counter[str]()
+    for image in images:
+        name = name_of(image)
+        if name is None:
+            reasons[unnamed] += 1
+        elif name in seen:
+            reasons[duplicate] += 1
+        else:
+            seen.add(name)
+            kept.append((image, name))
+    return kept, reasons
+
+
 def unpack_iconify(root: Path, corpus: Corpus) -> None:
     """Extraction step: params.icons_file -> one SVG per icon under params.image_dir."""
     unpack_icons(root / corpus.params["icons_file"], root / corpus.params["image_dir"])
@@ -531,16 +549,9 @@ def parse_iconify_emoji(root: Path, corpus: Corpus) -> Parsed:
     entries = json.loads((root / params["unicode_keys_file"]).read_text(encoding="utf-8"))
     by_key = {e["unified"].upper(): e for e in entries}
     names = iconify_keys([root / f for f in params["chars_files"]], qualified_keys(entries))
-    rows, seen, reasons = [], set(), Counter[str]()
-    for image in sorted((root / params["image_dir"]).glob("*.svg")):
-        key = names.get(image.stem)
-        if key is None:
-            reasons["not_an_emoji"] += 1
-        elif key in seen:
-            reasons["duplicate_key"] += 1
-        else:
-            seen.add(key)
-            rows.append(emoji_row(by_key[key], image, corpus))
+    images = sorted((root / params["image_dir"]).glob("*.svg"))
+    kept, reasons = first_icon_per_name(images, lambda p: names.get(p.stem), "not_an_emoji", "duplicate_key")
+    rows = [emoji_row(by_key[key], image, corpus) for image, key in kept]
     return Parsed(pa.Table.from_pylist(rows, schema=EMOJI_SCHEMA), sum(reasons.values()), dict(reasons))
 
 
@@ -579,18 +590,15 @@ def parse_iconify_names(root: Path, corpus: Corpus) -> Parsed:
     params = corpus.params
     drop = frozenset(params.get("drop_words", ()))
     prefix = json.loads((root / params["icons_file"]).read_text(encoding="utf-8")).get("prefix", corpus.name)
-    rows, seen, reasons = [], set(), Counter[str]()
     # by name, not file name: "magnet" comes before "magnet-24" ('.' sorts after '-')
-    for image in sorted((root / params["image_dir"]).glob("*.svg"), key=lambda p: p.stem):
-        caption = iconify_caption(image.stem, drop)
-        if caption is None:
-            reasons["not_a_caption"] += 1
-        elif caption in seen:
-            reasons["duplicate_caption"] += 1
-        else:
-            seen.add(caption)
-            row = _base_row(corpus, f"icon:{caption}", image, caption, caption)
-            rows.append({**row, "icon": image.stem, "icon_set": prefix})
+    images = sorted((root / params["image_dir"]).glob("*.svg"), key=lambda p: p.stem)
+    kept, reasons = first_icon_per_name(
+        images, lambda p: iconify_caption(p.stem, drop), "not_a_caption", "duplicate_caption"
+    )
+    rows = [
+        {**_base_row(corpus, f"icon:{caption}", image, caption, caption), "icon": image.stem, "icon_set": prefix}
+        for image, caption in kept
+    ]
     return Parsed(pa.Table.from_pylist(rows, schema=ICONIFY_NAMES_SCHEMA), sum(reasons.values()), dict(reasons))
 
 
