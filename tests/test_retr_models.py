@@ -182,6 +182,9 @@ def test_heads_trained_on_lite2_load_with_lite2_and_its_input_size(tmp_path) -> 
     from retrieval.training.model import AlignedHeads, save_heads
 
     assert set(IMAGE_TOWERS) - {"random-efficientnet-lite0"} == set(EFFICIENTNET_LITES)
+    from retrieval.encoders.retr_models import _BRIDGE_SPECS
+
+    assert set(_BRIDGE_SPECS) == set(EFFICIENTNET_LITES)  # every tower has its bridge spec
     save_heads(AlignedHeads(HeadConfig(hidden=0)), tmp_path, {"train": {"image_tower": "efficientnet-lite2"}})
     enc = load_encoder(f"retr:{tmp_path}")
     assert enc.preprocess.size == 260 and enc.bridge.name == "retr:imagenet-bridge-lite2"

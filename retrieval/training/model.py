@@ -1,4 +1,4 @@
-"""Trainable heads that align locked EfficientNet-Lite0 features with the locked MiniLM text space.
+"""Trainable heads that align locked EfficientNet-Lite features with the locked MiniLM text space.
 
     image  = normalise( normalise(bridge) + head([layernorm(pooled), normalise(bridge), thumb]) )   (B, 384)
     text   = normalise( t + adapter(t) ),  t = MiniLM(caption)                               (B, 384)
