@@ -35,7 +35,10 @@ def test_cuda_embedding_matches_cpu(colour_folder: Path, tmp_path: Path, precisi
 
 
 def test_training_on_cuda_draws_the_cpu_batches_and_loads_on_cpu(tmp_path: Path) -> None:
-    """`retr train` on a GPU: heads and batches on CUDA, same sampling as on CPU, checkpoint usable on CPU."""
+    """`retr train` on a GPU: heads and batches on CUDA, same sampling as on CPU, checkpoint usable on CPU.
+
+    The run unlocks the tower's last two layers after its locked epochs, so their copies train on CUDA too.
+    """
     from retrieval.evaluate import text_image_recall
     from retrieval.training.config import parse_config
     from retrieval.training.data import load_pairs
@@ -49,6 +52,7 @@ def test_training_on_cuda_draws_the_cpu_batches_and_loads_on_cpu(tmp_path: Path)
             "corpora": [str(manifest)], "out": str(tmp_path / f"run-{device}"), "epochs": 40, "batch_size": 20,
             "lr": 3e-3, "templates": ["{}"], "augment": {"views": 2}, "num_workers": 0, "key_batches": True,
             "i2i_weight": 0.5, "head": {"instance_dim": 16, "dropout": 0.0},
+            "unlock": {"layers": 2, "epochs": 4, "lr": 1e-3},
         })
         bridge = load_encoder("retr:imagenet-bridge", device=device)
         reports[device] = train(config, bridge, cache=tmp_path / f"cache-{device}", progress=False)

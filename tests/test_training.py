@@ -142,6 +142,77 @@ def test_ensemble_members_train_from_their_own_seeds_and_rank_as_their_mean(tmp_
         parse_config({**base, "members": 2, "head": {"instance_dim": 16, "text_adapter": True}})
 
 
+def test_unlocking_the_towers_last_layers_trains_them_and_resumes_after_a_kill(
+    tmp_path: Path, bridge, monkeypatch
+) -> None:
+    from retrieval.training import loop
+    from retrieval.training.model import load_heads
+
+    manifest = _colour_manifest(tmp_path / "colours")
+    base = {"corpora": [str(manifest)], "epochs": 12, "batch_size": 20, "lr": 3e-3, "templates": ["{}"],
+            "augment": {"views": 2}, "num_workers": 0, "key_batches": True, "i2i_weight": 0.5,
+            "bridge_score_weight": 0.3, "head": {"text_adapter": False}}
+    locked = train(parse_config({**base, "out": str(tmp_path / "locked")}), bridge, cache=tmp_path / "cache",
+                   progress=False)
+    config = parse_config({**base, "out": str(tmp_path / "run"), "unlock": {"layers": 2, "epochs": 4, "lr": 1e-3}})
+
+    # killed during the unlocked epochs (after saving the second of them) ...
+    save = loop._save_state
+
+    def save_then_die(path, heads, opt, epoch, *args):
+        save(path, heads, opt, epoch, *args)
+        if epoch == 14:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, bridge, cache=tmp_path / "cache", progress=False)
+    monkeypatch.setattr(loop, "_save_state", save)
+    # ... the rerun trains only the last two, from the saved tail
+    report = train(config, bridge, cache=tmp_path / "cache", progress=False)
+    assert report.epochs_run == 2
+    # the locked run's cached features were reused; the cut feature map is an add-on file next to them
+    (folder,) = (tmp_path / "cache" / "features").iterdir()
+    assert sorted(f.name for f in folder.glob("*.npy")) == [
+        "cut-2.npy", "ok.npy", "pooled.npy", "text_vectors.npy", "thumb.npy"]
+
+    heads, meta = load_heads(report.out, tail=bridge.image_tower.tail)
+    assert len(meta["losses"]) == 16 and meta["losses"][-1] < meta["losses"][0]
+    tower = bridge.image_tower.net
+    tuned, original = heads.tail.conv_head.weight, tower._conv_head.weight
+    assert tuned.shape == original.shape and not torch.allclose(tuned, original, atol=1e-3)  # it trained
+    assert torch.equal(tower._conv_head.weight, load_encoder("retr:imagenet-bridge").image_tower.net._conv_head.weight)
+    with pytest.raises(ValueError, match="needs the tower"):
+        load_heads(report.out)
+
+    trained = load_encoder(f"retr:{report.out}")
+    held_out = load_pairs([str(manifest)], "test")
+    assert text_image_recall(trained, held_out).metrics["t2i_R@1"] >= 0.9
+    # The bridge block still comes from the untouched tower: it is the bridge's own vector, scaled.
+    xb, rows = embed_images(trained, held_out)
+    floor, _ = embed_images(bridge, held_out)
+    assert np.allclose(xb[:, :384] / 0.3**0.5, floor, atol=1e-4)
+    # and the trained block is not the locked run's: the tail moved the heads' features
+    xl, _ = embed_images(load_encoder(f"retr:{locked.out}"), held_out)
+    assert not np.allclose(xb[:, 384:], xl[:, 384:], atol=1e-2)
+
+
+def test_tower_split_and_tail_reproduce_the_towers_features(bridge) -> None:
+    tower = bridge.image_tower
+    pixels = torch.rand(2, 3, 224, 224) * 2 - 1
+    with torch.no_grad():
+        features, logits = tower(pixels)
+        for layers in (1, 2, 6):
+            cut, f, lg = tower.split(pixels, layers)
+            assert torch.allclose(f, features, atol=1e-5) and torch.allclose(lg, logits, atol=1e-4)
+            assert torch.allclose(tower.tail(layers)(cut), features, atol=1e-4)
+    assert tower.tail(2).layers == 2 and cut.shape[1:] == (112, 14, 14)  # six layers back: the 14x14 stage
+    with pytest.raises(ValueError, match="layers must be in 1..17"):
+        tower.tail(18)
+    with pytest.raises(ValueError, match="unlock.layers > 0 and unlock.epochs > 0 go together"):
+        parse_config({"corpora": ["x"], "unlock": {"layers": 2}})
+
+
 def test_config_rejects_unknown_keys_and_bad_values(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown keys in config: \\['epoch'\\]"):
         parse_config({"epoch": 3})

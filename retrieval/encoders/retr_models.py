@@ -146,14 +146,17 @@ class AlignedEncoder(Encoder):
     """
 
     def __init__(self, name: str, folder: Path, device: str = "cpu") -> None:
-        from retrieval.training.model import load_heads
+        from retrieval.training.model import CONFIG, load_heads, unlocked_layers
 
         self.name, self.device = name, device
-        self.heads, self.meta = load_heads(folder, device)
-        self.weights_id = checkpoint_id(Path(folder))
-        train = self.meta.get("train", {})
+        meta = json.loads((Path(folder) / CONFIG).read_text()) if (Path(folder) / CONFIG).is_file() else {}
+        train = meta.get("train", {})
         bridge_config = BridgeConfig(**train.get("bridge", {}))
         self.bridge = tower_bridge(train.get("image_tower", IMAGE_TOWERS[0]), device, bridge_config)
+        # heads that fine-tuned the tower's last layers rebuild them from the tower, then load their weights
+        self.heads, self.meta = load_heads(folder, device, tail=self.bridge.image_tower.tail)
+        self.cut_layers = unlocked_layers(self.meta)
+        self.weights_id = checkpoint_id(Path(folder))
         self.preprocess = self.bridge.preprocess
         self.w = float(train.get("bridge_score_weight", 0.0))
         self.c = float(train.get("instance_score_weight", 0.0))
@@ -177,10 +180,15 @@ class AlignedEncoder(Encoder):
         from retrieval.training.model import colour_thumbnail
 
         pixels = pixels.to(self.device)
-        pooled, bridge = self.bridge.image_features(pixels)
+        cut = None
+        if self.cut_layers:  # the untouched tower feeds the bridge; the heads' own tails start from the cut
+            cut, pooled, logits = self.bridge.image_tower.split(pixels, self.cut_layers)
+            pooled, bridge = pooled.float(), self.bridge.mix(logits)
+        else:
+            pooled, bridge = self.bridge.image_features(pixels)
         thumb = colour_thumbnail(pixels)
-        instance = self.heads.instance(pooled, thumb) if self.c > 0 else None
-        return self._pack(bridge, self.heads.image(pooled, bridge, thumb), instance)
+        trained, instance = self.heads.embed(pooled, bridge, thumb, cut, instance=self.c > 0)
+        return self._pack(bridge, trained, instance)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

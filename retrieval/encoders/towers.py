@@ -12,6 +12,7 @@ aligned default model) can lock or fine-tune them.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 from collections.abc import Sequence
@@ -90,6 +91,60 @@ class EfficientNetLite(nn.Module):
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, 1280) -> ImageNet logits (B, 1000): lets cached features be re-classified."""
         return self.net._fc(features)
+
+    def max_tail_layers(self) -> int:
+        """How many final layers `tail` can split off: every MBConv block plus the head convolution."""
+        return len(self.net._blocks) + 1
+
+    def split(self, pixels: torch.Tensor, layers: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input of the last `layers` layers (B, C, h, w), features (B, 1280), logits (B, 1000)) in one pass.
+
+        The cut is where `tail(layers)` starts, so tail(layers)(cut) is `features` for an untouched copy.
+        """
+        if not 1 <= layers <= self.max_tail_layers():
+            raise ValueError(f"layers must be in 1..{self.max_tail_layers()}, got {layers}")
+        net, first = self.net, len(self.net._blocks) - (layers - 1)
+        x = net._swish(net._bn0(net._conv_stem(pixels.contiguous(memory_format=torch.channels_last))))
+        for block in net._blocks[:first]:
+            x = block(x)  # eval mode: drop-connect is off, as in extract_features
+        cut = x
+        for block in net._blocks[first:]:
+            x = block(x)
+        features = net._swish(net._bn1(net._conv_head(x))).mean(dim=(2, 3))
+        return cut, features, self.classify(features)
+
+    def tail(self, layers: int) -> TowerTail:
+        """A trainable copy of the last `layers` layers: 1 = the head convolution, n = it and the last n-1 blocks."""
+        if not 1 <= layers <= self.max_tail_layers():
+            raise ValueError(f"layers must be in 1..{self.max_tail_layers()}, got {layers}")
+        net = self.net
+        blocks = list(net._blocks[len(net._blocks) - (layers - 1):])
+        return TowerTail(copy.deepcopy(blocks), copy.deepcopy(net._conv_head), copy.deepcopy(net._bn1),
+                         copy.deepcopy(net._swish))
+
+
+class TowerTail(nn.Module):
+    """The last layers of an EfficientNet-Lite, split off to be fine-tuned (LiT's optional unlocking step).
+
+    (B, C, h, w) feature map at the cut (`EfficientNetLite.split`) -> (B, 1280) pooled features.
+    Batch norms stay in inference mode (their running statistics are the pretrained ones, and
+    fine-tuning batches of icons must not overwrite them); their scales and shifts train.
+    """
+
+    def __init__(self, blocks: list[nn.Module], conv_head: nn.Module, bn: nn.Module, act: nn.Module) -> None:
+        super().__init__()
+        self.blocks, self.conv_head, self.bn, self.act = nn.ModuleList(blocks), conv_head, bn, act
+        self.layers = len(blocks) + 1
+        self.eval()
+
+    def train(self, mode: bool = True) -> TowerTail:
+        return super().train(False)  # always inference-mode batch norm (see class docstring)
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        x = fmap.float()
+        for block in self.blocks:
+            x = block(x)
+        return self.act(self.bn(self.conv_head(x))).mean(dim=(2, 3))
 
 
 def minilm_folder() -> Path:

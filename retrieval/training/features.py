@@ -6,6 +6,9 @@ the config's EfficientNet-Lite tower once -> pooled features (1280) and the 8x8 
 ImageNet-bridge vector is not stored: the classifier's last layer re-derives it from the pooled
 features in milliseconds, for whichever bridge settings a run uses.
 For every caption x template string: its MiniLM vector (384), deduplicated.
+With `cut_layers` > 0 (a run that unlocks the tower's last layers), also each view's feature map
+at the input of those layers, (C, 7, 7) float16, which the unlocked layers are trained from
+(a separate file, `cut-<layers>.npy`, next to the others).
 
 The result is cached under $RETR_CACHE/features/<hash of inputs> and reused by later runs.
 """
@@ -42,6 +45,7 @@ class Features:
     texts: list[str]  # unique caption strings
     text_vectors: np.ndarray  # (T, 384) float32, MiniLM, unit norm
     key: str  # cache_key() of the inputs: names exactly what these features were computed from
+    cut: np.ndarray | None = None  # (N, V, C, h, w) float16, the input of the last cut_layers layers
 
 
 def augment_view(image_bytes: bytes, name: str, view: int, seed: int, aug: AugmentConfig) -> Image.Image:
@@ -99,18 +103,28 @@ def cache_key(pairs: Sequence[Pair], aug: AugmentConfig, texts: Sequence[str], s
     return h.hexdigest()[:20]
 
 
+def _cut_file(cut_layers: int) -> str:
+    return f"cut-{cut_layers}.npy"
+
+
 def compute_features(
     pairs: Sequence[Pair], texts: Sequence[str], bridge, aug: AugmentConfig, *, cache: Path, seed: int = 0,
-    batch_size: int = 64, num_workers: int = 2, progress: bool = True,
+    batch_size: int = 64, num_workers: int = 2, progress: bool = True, cut_layers: int = 0,
 ) -> Features:
-    """Tower outputs for every (pair, view) and every text; cached by a hash of all inputs."""
+    """Tower outputs for every (pair, view) and every text; cached by a hash of all inputs.
+
+    The feature map at a cut is an add-on file in the same folder (`cut-<layers>.npy`): a locked
+    and an unlocked run on the same data share pooled features, thumbnails and text vectors.
+    """
     folder = cache / "features" / cache_key(pairs, aug, texts, seed, bridge.name)
-    if (folder / "done.json").exists():
-        return _load(folder)
+    done = (folder / "done.json").exists()
+    if done and (not cut_layers or (folder / _cut_file(cut_layers)).is_file()):
+        return _load(folder, cut_layers)
     n, v = len(pairs), aug.views
     pooled = np.zeros((n * v, 1280), np.float16)
     thumbs = np.zeros((n * v, THUMB_DIM), np.float16)
     ok = np.zeros(n * v, bool)
+    cut = None
     loader = torch.utils.data.DataLoader(
         _ViewDataset(pairs, aug, bridge.preprocess, seed), batch_size=batch_size, num_workers=num_workers,
         collate_fn=_collate,
@@ -119,22 +133,33 @@ def compute_features(
         for rows, pixels in loader:
             if pixels is not None:
                 x = bridge.preprocess.normalize(pixels.to(bridge.device))
-                p, _ = bridge.image_features(x)
+                if cut_layers:
+                    c, p, _ = bridge.image_tower.split(x, cut_layers)
+                    if cut is None:  # its shape is known once the tower has run
+                        cut = np.zeros((n * v, *c.shape[1:]), np.float16)
+                    cut[rows] = c.cpu().numpy()
+                else:
+                    p, _ = bridge.image_features(x)
                 pooled[rows], ok[rows] = p.cpu().numpy(), True
                 thumbs[rows] = colour_thumbnail(x).cpu().numpy()
             bar.update(min(batch_size, bar.total - bar.n))
-    text_vectors = bridge.text_tower.encode(list(texts))
+    if cut_layers and cut is None:
+        raise ValueError("no training image could be decoded, so there is no feature map to unlock layers on")
     folder.mkdir(parents=True, exist_ok=True)
-    write_npy(folder / "pooled.npy", pooled.reshape(n, v, -1))
-    write_npy(folder / "thumb.npy", thumbs.reshape(n, v, -1))
-    write_npy(folder / "ok.npy", ok.reshape(n, v).all(axis=1))
-    write_npy(folder / "text_vectors.npy", text_vectors)
-    write_json(folder / "texts.json", list(texts))
-    write_json(folder / "done.json", {"n": n, "views": v, "texts": len(texts)})  # commit marker, last
-    return _load(folder)
+    if cut is not None:  # its own atomic file: the folder's other files are the same with or without it
+        write_npy(folder / _cut_file(cut_layers), cut.reshape(n, v, *cut.shape[1:]))
+    if not done:
+        text_vectors = bridge.text_tower.encode(list(texts))
+        write_npy(folder / "pooled.npy", pooled.reshape(n, v, -1))
+        write_npy(folder / "thumb.npy", thumbs.reshape(n, v, -1))
+        write_npy(folder / "ok.npy", ok.reshape(n, v).all(axis=1))
+        write_npy(folder / "text_vectors.npy", text_vectors)
+        write_json(folder / "texts.json", list(texts))
+        write_json(folder / "done.json", {"n": n, "views": v, "texts": len(texts)})  # commit marker, last
+    return _load(folder, cut_layers)
 
 
-def _load(folder: Path) -> Features:
+def _load(folder: Path, cut_layers: int = 0) -> Features:
     return Features(
         pooled=np.load(folder / "pooled.npy"),
         thumb=np.load(folder / "thumb.npy"),
@@ -142,4 +167,5 @@ def _load(folder: Path) -> Features:
         texts=json.loads((folder / "texts.json").read_text()),
         text_vectors=np.load(folder / "text_vectors.npy"),
         key=folder.name,
+        cut=np.load(folder / _cut_file(cut_layers)) if cut_layers else None,
     )

@@ -5,6 +5,10 @@ and applies the SigLIP or CLIP loss with shared-key positives. State (heads, opt
 is saved atomically after every epoch, so a killed run continues where it stopped; a run whose
 config changed refuses to resume. With `members` > 1 the members train one after another, each
 from its own seed and with its own state file, and are saved as one HeadEnsemble.
+
+With `unlock` (LiT's optional second step), each member then trains `unlock.epochs` more epochs
+with its own copy of the tower's last `unlock.layers` layers unlocked, from the cached feature
+map at their input, at the smaller `unlock.lr`.
 """
 
 from __future__ import annotations
@@ -73,7 +77,8 @@ def _lr_at(step: int, total: int, base: float) -> float:
 
 
 def _loss(heads: AlignedHeads, batch: tuple[torch.Tensor, ...], i2i: float) -> torch.Tensor:
-    pooled, bridge, thumb, txt, same = batch
+    pooled, bridge, thumb, cut, txt, same = batch
+    pooled = heads.features(pooled, cut)  # through the unlocked tail, once unlocked
     img, txt = heads.image(pooled, bridge, thumb), heads.text(txt)
     if heads.loss == "siglip":
         loss = siglip_loss(img, txt, same, heads.log_t, heads.bias)
@@ -127,6 +132,8 @@ class _Run:
             flat = bridge.bridge_from_pooled(self.pooled.flatten(0, 1)).half()
         self.bridge = flat.reshape(*self.pooled.shape[:2], -1)
         self.thumb = torch.from_numpy(feats.thumb[keep]).to(self.device)  # (N, V, 192) fp16
+        # (N, V, C, h, w) fp16: the input of the unlocked layers, for runs that unlock some
+        self.cut = torch.from_numpy(feats.cut[keep]).to(self.device) if feats.cut is not None else None
         self.texts = torch.from_numpy(feats.text_vectors).to(self.device)  # (T, 384)
         self.per_pair = [per_pair[i] for i in keep]
         _, key_ids = np.unique([pairs[i].key for i in keep], return_inverse=True)
@@ -140,7 +147,8 @@ class _Run:
         rows = torch.from_numpy(idx)
         keys, i = self.keys[rows].to(self.device), rows.to(self.device)
         same = keys[:, None] == keys[None, :]
-        return self.pooled[i, views], self.bridge[i, views], self.thumb[i, views], self.texts[t], same
+        cut = self.cut[i, views] if self.cut is not None else None
+        return self.pooled[i, views], self.bridge[i, views], self.thumb[i, views], cut, self.texts[t], same
 
 
 def _state_path(out: Path, member: int) -> Path:
@@ -154,63 +162,89 @@ def _save_state(path: Path, heads: AlignedHeads, opt: torch.optim.Optimizer, epo
         torch.save(state, tmp)
 
 
-def _optimizer(heads: AlignedHeads, config: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(heads: AlignedHeads, config: TrainConfig, lr: float) -> torch.optim.Optimizer:
     scalars = heads.scalars()  # temperatures and biases: no decay
     decay = [p for p in heads.parameters() if all(p is not q for q in scalars)]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": scalars, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
-def _resume(path: Path, heads: AlignedHeads, opt, rng: np.random.Generator, h: str) -> tuple[int, list[float]]:
-    """(first epoch to run, per-epoch losses so far); loads the saved state into heads / opt / rng."""
+def _resume(
+    path: Path, heads: AlignedHeads, opt, rng: np.random.Generator, h: str, unlock=None
+) -> tuple[int, list[float], torch.optim.Optimizer]:
+    """(first epoch to run, per-epoch losses so far, optimiser); loads the saved state into heads / opt / rng.
+
+    A state saved during the unlocked epochs holds the tail too: `unlock()` attaches it (and returns
+    the optimiser over it) before the state is loaded.
+    """
     if not path.exists():
-        return 0, []
+        return 0, [], opt
     state = torch.load(path, weights_only=False, map_location=next(heads.parameters()).device)
     if state["config_hash"] != h:
         raise ValueError(
             f"{path.parent} holds a run with a different config or training data; use another `out` or delete {path}"
         )
+    if any(k.startswith("tail.") for k in state["heads"]):
+        opt = unlock()
     heads.load_state_dict(state["heads"])
     opt.load_state_dict(state["opt"])
     rng.bit_generator.state = state["rng"]
-    return state["epoch"], state["losses"]
+    return state["epoch"], state["losses"], opt
 
 
 def _train_member(
-    config: TrainConfig, run: _Run, member: int, h: str, bar: tqdm
+    config: TrainConfig, run: _Run, member: int, h: str, bar: tqdm, tower=None
 ) -> tuple[AlignedHeads, list[float], int]:
-    """Train (or resume, or reload when finished) ensemble member `member`: (heads, losses, epochs run now)."""
+    """Train (or resume, or reload when finished) ensemble member `member`: (heads, losses, epochs run now).
+
+    Epochs 0 .. config.epochs - 1 train the heads on the locked tower; with config.unlock, the
+    next unlock.epochs also train a copy of `tower`'s last unlock.layers layers (the tail).
+    """
     torch.manual_seed(config.seed + member)  # member 0 is exactly the single-head run
     heads = member_heads(config.head, config.loss, member).to(run.device)
-    opt = _optimizer(heads, config)
+
+    def unlock() -> torch.optim.Optimizer:
+        heads.attach_tail(tower.tail(config.unlock.layers))
+        return _optimizer(heads, config, config.unlock.lr)
+
+    opt = _optimizer(heads, config, config.lr)
     rng = np.random.default_rng(config.seed + member)
     path = _state_path(Path(config.out), member)
-    start, losses = _resume(path, heads, opt, rng, h)
+    start, losses, opt = _resume(path, heads, opt, rng, h, unlock)
     steps_per_epoch = _epoch_size(run, config) // config.batch_size
-    total = steps_per_epoch * config.epochs
+    phases = [(0, config.epochs, config.lr)]
+    if config.unlock.layers:
+        phases.append((config.epochs, config.epochs + config.unlock.epochs, config.unlock.lr))
     bar.update(start * steps_per_epoch)
     if config.members > 1:
         bar.set_description(f"train member {member + 1}/{config.members}")
     heads.train()
-    for epoch in range(start, config.epochs):
-        perm = _epoch_order(run, rng, config.key_batches, config.styles_per_key)
-        epoch_losses = []
-        for s in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + s
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(step, total, config.lr)
-            rows = perm[s * config.batch_size:(s + 1) * config.batch_size]
-            loss = _loss(heads, run.batch(rows, rng), config.i2i_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            epoch_losses.append(float(loss.detach()))
-            bar.update(1)
-            pairs_per_s = (bar.format_dict["rate"] or 0) * config.batch_size
-            bar.set_postfix(loss=f"{loss.item():.3f}", pairs_s=f"{pairs_per_s:.0f}")
-        losses.append(float(np.mean(epoch_losses)))
-        _save_state(path, heads, opt, epoch + 1, rng, h, losses)
-    return heads.eval(), losses, config.epochs - start
+    for first, end, lr in phases:
+        if start >= end:
+            continue
+        if first > 0 and heads.tail is None:  # entering the unlocked epochs
+            opt = unlock()
+        total = steps_per_epoch * (end - first)  # each phase has its own warm-up and cosine decay
+        for epoch in range(max(start, first), end):
+            perm = _epoch_order(run, rng, config.key_batches, config.styles_per_key)
+            epoch_losses = []
+            for s in range(steps_per_epoch):
+                step = (epoch - first) * steps_per_epoch + s
+                for g in opt.param_groups:
+                    g["lr"] = _lr_at(step, total, lr)
+                rows = perm[s * config.batch_size:(s + 1) * config.batch_size]
+                loss = _loss(heads, run.batch(rows, rng), config.i2i_weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                epoch_losses.append(float(loss.detach()))
+                bar.update(1)
+                pairs_per_s = (bar.format_dict["rate"] or 0) * config.batch_size
+                bar.set_postfix(loss=f"{loss.item():.3f}", pairs_s=f"{pairs_per_s:.0f}")
+            losses.append(float(np.mean(epoch_losses)))
+            _save_state(path, heads, opt, epoch + 1, rng, h, losses)
+    all_epochs = config.epochs + config.unlock.epochs
+    return heads.eval(), losses, all_epochs - start
 
 
 def train(config: TrainConfig, bridge, *, cache: Path, progress: bool = True) -> TrainReport:
@@ -226,15 +260,17 @@ def train(config: TrainConfig, bridge, *, cache: Path, progress: bool = True) ->
         raise ValueError(f"{len(pairs)} training pairs is fewer than one batch of {config.batch_size}")
     texts, per_pair = caption_table(pairs, config.templates)
     feats = compute_features(pairs, texts, bridge, config.augment, cache=cache, seed=config.seed,
-                             batch_size=config.feature_batch_size, num_workers=config.num_workers, progress=progress)
+                             batch_size=config.feature_batch_size, num_workers=config.num_workers, progress=progress,
+                             cut_layers=config.unlock.layers)
     run = _Run(feats, pairs, per_pair, bridge)
     h = _run_hash(config, feats.key)
     n = len(run.keys)
-    total = (_epoch_size(run, config) // config.batch_size) * config.epochs * config.members
+    epochs = config.epochs + config.unlock.epochs
+    total = (_epoch_size(run, config) // config.batch_size) * epochs * config.members
     members, histories, epochs_run = [], [], 0
     with tqdm(total=total, unit="step", desc="train", disable=not progress) as bar:
         for k in range(config.members):
-            heads, losses, ran = _train_member(config, run, k, h, bar)
+            heads, losses, ran = _train_member(config, run, k, h, bar, bridge.image_tower)
             members.append(heads)
             histories.append(losses)
             epochs_run += ran

@@ -10,12 +10,17 @@ retrieval at least where the bridge is (the bar of the default-model issue) whil
 knowledge is learned. `thumb` is the image's 8x8 colour thumbnail: ImageNet features are
 nearly blind to colour ("a red heart" vs "a blue heart"), and a thumbnail is also what most
 distinguishes one emoji drawn by two vendors. A checkpoint is a safetensors file plus the JSON config that rebuilds it.
+
+Heads of a run that unlocked the tower's last layers (TrainConfig.unlock) carry their own
+fine-tuned copy of those layers (`tail`): their pooled features come from it, while the bridge
+keeps reading the untouched tower.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -67,6 +72,27 @@ class AlignedHeads(nn.Module):
             self.instance_head = nn.Sequential(nn.Dropout(config.dropout), linear)
             self.log_t_inst = nn.Parameter(torch.tensor(math.log(10.0)))
             self.bias_inst = nn.Parameter(torch.tensor(-10.0))
+        self.tail: nn.Module | None = None  # unlocked tower layers (attach_tail), None while locked
+
+    def attach_tail(self, tail: nn.Module) -> None:
+        """Give these heads a trainable copy of the tower's last layers (towers.TowerTail)."""
+        self.tail = tail.to(next(self.parameters()).device)
+
+    def features(self, pooled: torch.Tensor, cut: torch.Tensor | None) -> torch.Tensor:
+        """The pooled features these heads read: the tower's, or their own tail's from the cut feature map."""
+        if self.tail is None:
+            return pooled
+        if cut is None:
+            raise ValueError("these heads fine-tuned the tower's last layers: they need the feature map at the cut")
+        return self.tail(cut)
+
+    def embed(
+        self, pooled: torch.Tensor, bridge: torch.Tensor, thumb: torch.Tensor, cut: torch.Tensor | None = None,
+        instance: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(text-aligned image vectors, instance vectors or None), through the tail when there is one."""
+        p = self.features(pooled, cut)
+        return self.image(p, bridge, thumb), (self.instance(p, thumb) if instance else None)
 
     def scalars(self) -> list[nn.Parameter]:
         """Temperatures and biases (kept out of weight decay)."""
@@ -114,12 +140,26 @@ class HeadEnsemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.config, self.loss = members[0].config, members[0].loss
 
+    def _locked(self) -> None:
+        if any(m.tail is not None for m in self.members):
+            raise ValueError("members with unlocked tower layers read the feature map at the cut: use embed()")
+
     def image(self, pooled: torch.Tensor, bridge: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor:
+        self._locked()
         vectors = torch.stack([m.image(pooled, bridge, thumb) for m in self.members])
         return F.normalize(vectors.mean(0), dim=-1)
 
     def instance(self, pooled: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor:
+        self._locked()
         return self.members[0].instance(pooled, thumb)
+
+    def embed(
+        self, pooled: torch.Tensor, bridge: torch.Tensor, thumb: torch.Tensor, cut: torch.Tensor | None = None,
+        instance: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each member through its own tail; the image vector is their normalised mean, instance is member 0's."""
+        outs = [m.embed(pooled, bridge, thumb, cut, instance=instance and k == 0) for k, m in enumerate(self.members)]
+        return F.normalize(torch.stack([o[0] for o in outs]).mean(0), dim=-1), outs[0][1]
 
     def text(self, t: torch.Tensor) -> torch.Tensor:
         return self.members[0].text(t)
@@ -136,15 +176,27 @@ def save_heads(heads: AlignedHeads | HeadEnsemble, folder: Path, extra: dict | N
     write_json(folder / CONFIG, {"head": asdict(heads.config), "loss": heads.loss, "members": members, **(extra or {})})
 
 
-def load_heads(folder: Path, device: str = "cpu") -> tuple[AlignedHeads | HeadEnsemble, dict]:
+def unlocked_layers(meta: dict) -> int:
+    """How many of the tower's last layers a trained run (its head.json) fine-tuned; 0 = locked."""
+    return int(meta.get("train", {}).get("unlock", {}).get("layers", 0))
+
+
+def load_heads(
+    folder: Path, device: str = "cpu", tail: Callable[[int], nn.Module] | None = None
+) -> tuple[AlignedHeads | HeadEnsemble, dict]:
+    """Heads saved by save_heads. `tail(layers)` builds the tower layers a run fine-tuned (their
+    weights are then read from the checkpoint): needed for such runs, e.g. EfficientNetLite.tail."""
     folder = Path(folder)
     if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
         raise ValueError(f"{folder} is not a trained retr model (needs {WEIGHTS} and {CONFIG})")
     meta = json.loads((folder / CONFIG).read_text())
     config, loss, members = HeadConfig(**meta["head"]), meta["loss"], int(meta.get("members", 1))
-    if members == 1:
-        heads = AlignedHeads(config, loss)
-    else:
-        heads = HeadEnsemble([member_heads(config, loss, k) for k in range(members)])
+    singles = [member_heads(config, loss, k) if members > 1 else AlignedHeads(config, loss) for k in range(members)]
+    if layers := unlocked_layers(meta):
+        if tail is None:
+            raise ValueError(f"{folder} fine-tuned the tower's last {layers} layers: loading it needs the tower")
+        for m in singles:
+            m.attach_tail(tail(layers))
+    heads = singles[0] if members == 1 else HeadEnsemble(singles)
     heads.load_state_dict({k: v.float() for k, v in load_file(str(folder / WEIGHTS)).items()})
     return heads.to(device).eval(), meta
