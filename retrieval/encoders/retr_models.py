@@ -146,15 +146,15 @@ class AlignedEncoder(Encoder):
     """
 
     def __init__(self, name: str, folder: Path, device: str = "cpu") -> None:
-        from retrieval.training.model import CONFIG, load_heads, unlocked_layers
+        from retrieval.training.model import load_heads, read_meta, unlocked_layers
 
         self.name, self.device = name, device
-        meta = json.loads((Path(folder) / CONFIG).read_text()) if (Path(folder) / CONFIG).is_file() else {}
+        meta = read_meta(folder)
         train = meta.get("train", {})
         bridge_config = BridgeConfig(**train.get("bridge", {}))
         self.bridge = tower_bridge(train.get("image_tower", IMAGE_TOWERS[0]), device, bridge_config)
         # heads that fine-tuned the tower's last layers rebuild them from the tower, then load their weights
-        self.heads, self.meta = load_heads(folder, device, tail=self.bridge.image_tower.tail)
+        self.heads, self.meta = load_heads(folder, device, tail=self.bridge.image_tower.tail, meta=meta)
         self.cut_layers = unlocked_layers(self.meta)
         self.weights_id = checkpoint_id(Path(folder))
         self.preprocess = self.bridge.preprocess

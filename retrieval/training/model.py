@@ -181,15 +181,22 @@ def unlocked_layers(meta: dict) -> int:
     return int(meta.get("train", {}).get("unlock", {}).get("layers", 0))
 
 
-def load_heads(
-    folder: Path, device: str = "cpu", tail: Callable[[int], nn.Module] | None = None
-) -> tuple[AlignedHeads | HeadEnsemble, dict]:
-    """Heads saved by save_heads. `tail(layers)` builds the tower layers a run fine-tuned (their
-    weights are then read from the checkpoint): needed for such runs, e.g. EfficientNetLite.tail."""
+def read_meta(folder: Path) -> dict:
+    """A trained run's head.json, after checking that its weights are there too."""
     folder = Path(folder)
     if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
         raise ValueError(f"{folder} is not a trained retr model (needs {WEIGHTS} and {CONFIG})")
-    meta = json.loads((folder / CONFIG).read_text())
+    return json.loads((folder / CONFIG).read_text())
+
+
+def load_heads(
+    folder: Path, device: str = "cpu", tail: Callable[[int], nn.Module] | None = None, meta: dict | None = None
+) -> tuple[AlignedHeads | HeadEnsemble, dict]:
+    """Heads saved by save_heads. `tail(layers)` builds the tower layers a run fine-tuned (their
+    weights are then read from the checkpoint): needed for such runs, e.g. EfficientNetLite.tail.
+    `meta` is the run's read_meta(), when the caller has read it already."""
+    folder = Path(folder)
+    meta = read_meta(folder) if meta is None else meta
     config, loss, members = HeadConfig(**meta["head"]), meta["loss"], int(meta.get("members", 1))
     singles = [member_heads(config, loss, k) if members > 1 else AlignedHeads(config, loss) for k in range(members)]
     if layers := unlocked_layers(meta):
