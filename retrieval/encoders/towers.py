@@ -96,31 +96,36 @@ class EfficientNetLite(nn.Module):
         """How many final layers `tail` can split off: every MBConv block plus the head convolution."""
         return len(self.net._blocks) + 1
 
+    def _tail_start(self, layers: int) -> int:
+        """Index of the first MBConv block in the last `layers` layers (the head convolution counts as one)."""
+        if not 1 <= layers <= self.max_tail_layers():
+            raise ValueError(f"layers must be in 1..{self.max_tail_layers()}, got {layers}")
+        return len(self.net._blocks) - (layers - 1)
+
     def split(self, pixels: torch.Tensor, layers: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input of the last `layers` layers (B, C, h, w), features (B, 1280), logits (B, 1000)) in one pass.
 
         The cut is where `tail(layers)` starts, so tail(layers)(cut) is `features` for an untouched copy.
         """
-        if not 1 <= layers <= self.max_tail_layers():
-            raise ValueError(f"layers must be in 1..{self.max_tail_layers()}, got {layers}")
-        net, first = self.net, len(self.net._blocks) - (layers - 1)
+        net, first = self.net, self._tail_start(layers)
         x = net._swish(net._bn0(net._conv_stem(pixels.contiguous(memory_format=torch.channels_last))))
         for block in net._blocks[:first]:
             x = block(x)  # eval mode: drop-connect is off, as in extract_features
-        cut = x
-        for block in net._blocks[first:]:
-            x = block(x)
-        features = net._swish(net._bn1(net._conv_head(x))).mean(dim=(2, 3))
-        return cut, features, self.classify(features)
+        features = _pooled_tail(x, net._blocks[first:], net._conv_head, net._bn1, net._swish)
+        return x, features, self.classify(features)
 
     def tail(self, layers: int) -> TowerTail:
         """A trainable copy of the last `layers` layers: 1 = the head convolution, n = it and the last n-1 blocks."""
-        if not 1 <= layers <= self.max_tail_layers():
-            raise ValueError(f"layers must be in 1..{self.max_tail_layers()}, got {layers}")
-        net = self.net
-        blocks = list(net._blocks[len(net._blocks) - (layers - 1):])
-        return TowerTail(copy.deepcopy(blocks), copy.deepcopy(net._conv_head), copy.deepcopy(net._bn1),
-                         copy.deepcopy(net._swish))
+        net, first = self.net, self._tail_start(layers)
+        return TowerTail(copy.deepcopy(list(net._blocks[first:])), copy.deepcopy(net._conv_head),
+                         copy.deepcopy(net._bn1), copy.deepcopy(net._swish))
+
+
+def _pooled_tail(x: torch.Tensor, blocks, conv_head: nn.Module, bn: nn.Module, act: nn.Module) -> torch.Tensor:
+    """The tower's last blocks, head convolution and global average pool: feature map at a cut -> (B, 1280)."""
+    for block in blocks:
+        x = block(x)
+    return act(bn(conv_head(x))).mean(dim=(2, 3))
 
 
 class TowerTail(nn.Module):
@@ -141,10 +146,7 @@ class TowerTail(nn.Module):
         return super().train(False)  # always inference-mode batch norm (see class docstring)
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
-        x = fmap.float()
-        for block in self.blocks:
-            x = block(x)
-        return self.act(self.bn(self.conv_head(x))).mean(dim=(2, 3))
+        return _pooled_tail(fmap.float(), self.blocks, self.conv_head, self.bn, self.act)
 
 
 def minilm_folder() -> Path:

@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from indexing.atomic import atomic_path
 from indexing.manifest import git_sha
+from retrieval.encoders.towers import EfficientNetLite
 from retrieval.training.config import TrainConfig
 from retrieval.training.data import Pair, load_pairs
 from retrieval.training.features import Features, compute_features
@@ -170,7 +171,7 @@ def _optimizer(heads: AlignedHeads, config: TrainConfig, lr: float) -> torch.opt
 
 
 def _resume(
-    path: Path, heads: AlignedHeads, opt, rng: np.random.Generator, h: str, unlock=None
+    path: Path, heads: AlignedHeads, opt, rng: np.random.Generator, h: str, unlock: Callable[[], torch.optim.Optimizer]
 ) -> tuple[int, list[float], torch.optim.Optimizer]:
     """(first epoch to run, per-epoch losses so far, optimiser); loads the saved state into heads / opt / rng.
 
@@ -193,7 +194,7 @@ def _resume(
 
 
 def _train_member(
-    config: TrainConfig, run: _Run, member: int, h: str, bar: tqdm, tower=None
+    config: TrainConfig, run: _Run, member: int, h: str, bar: tqdm, tower: EfficientNetLite
 ) -> tuple[AlignedHeads, list[float], int]:
     """Train (or resume, or reload when finished) ensemble member `member`: (heads, losses, epochs run now).
 
