@@ -67,8 +67,22 @@ class ImageNetBridge(Encoder):
 
     def image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) -> (pooled (B, 1280), bridge (B, 384) unnormalised). Trained heads start from these."""
-        pooled, logits = self.image_tower(pixels.to(self.device))
-        return pooled.float(), self.mix(logits)
+        _, pooled, bridge = self.split_features(pixels, 0)
+        return pooled, bridge
+
+    def split_features(
+        self, pixels: torch.Tensor, cut_layers: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(feature map at the input of the tower's last `cut_layers` layers, or None when 0; pooled; bridge).
+
+        One tower pass either way; the bridge always reads the untouched tower.
+        """
+        pixels = pixels.to(self.device)
+        if cut_layers:
+            cut, pooled, logits = self.image_tower.split(pixels, cut_layers)
+        else:
+            cut, (pooled, logits) = None, self.image_tower(pixels)
+        return cut, pooled.float(), self.mix(logits)
 
     def mix(self, logits: torch.Tensor) -> torch.Tensor:
         """ImageNet logits (B, 1000) -> unnormalised bridge vectors (B, 384): top-k class prompts by probability."""
@@ -180,12 +194,8 @@ class AlignedEncoder(Encoder):
         from retrieval.training.model import colour_thumbnail
 
         pixels = pixels.to(self.device)
-        cut = None
-        if self.cut_layers:  # the untouched tower feeds the bridge; the heads' own tails start from the cut
-            cut, pooled, logits = self.bridge.image_tower.split(pixels, self.cut_layers)
-            pooled, bridge = pooled.float(), self.bridge.mix(logits)
-        else:
-            pooled, bridge = self.bridge.image_features(pixels)
+        # the untouched tower feeds the bridge; heads with their own tails start from the cut
+        cut, pooled, bridge = self.bridge.split_features(pixels, self.cut_layers)
         thumb = colour_thumbnail(pixels)
         trained, instance = self.heads.embed(pooled, bridge, thumb, cut, instance=self.c > 0)
         return self._pack(bridge, trained, instance)

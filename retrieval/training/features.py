@@ -133,13 +133,11 @@ def compute_features(
         for rows, pixels in loader:
             if pixels is not None:
                 x = bridge.preprocess.normalize(pixels.to(bridge.device))
-                if cut_layers:
-                    c, p, _ = bridge.image_tower.split(x, cut_layers)
+                c, p, _ = bridge.split_features(x, cut_layers)
+                if c is not None:
                     if cut is None:  # its shape is known once the tower has run
                         cut = np.zeros((n * v, *c.shape[1:]), np.float16)
                     cut[rows] = c.cpu().numpy()
-                else:
-                    p, _ = bridge.image_features(x)
                 pooled[rows], ok[rows] = p.cpu().numpy(), True
                 thumbs[rows] = colour_thumbnail(x).cpu().numpy()
             bar.update(min(batch_size, bar.total - bar.n))
