@@ -835,7 +835,9 @@ def parse_credited_files(root: Path, corpus: Corpus) -> Parsed:
     The captions are written in the spec; each picture's licence and credit come from the README
     beside it (`indexing.credits`), so the manifest states what the package itself says. Key =
     params.key_prefix + (the entry's `key`, else the file's stem): two pictures of one landmark
-    share a key, so training treats them as the same concept. Skipped, by reason: `no_image`,
+    share a key, so training treats them as the same concept and evaluation counts either as a
+    right answer. With `params.val_fraction` every item is evaluation-only, split 'val' or 'test'
+    (`holdout_split`), as Tux Paint's are. Skipped, by reason: `no_image`,
     `no_licence` (no README block names the file, in its folder or one above it up to image_dir),
     `licence_not_allowed`.
     """
@@ -854,6 +856,8 @@ def parse_credited_files(root: Path, corpus: Corpus) -> Parsed:
             continue
         key = params.get("key_prefix", "") + (spec.get("key") or image.stem)
         row = _base_row(corpus, key, image, caption, join_names([caption, *spec.get("names", [])]))
+        if "val_fraction" in params:  # an evaluation-only corpus: 'val' to choose models, 'test' to report
+            row["split"] = holdout_split(key, float(params["val_fraction"]))
         rows.append({**row, "licence": credit.licence, "kind": params.get("kind", ""), "credit": credit.text})
     return Parsed(pa.Table.from_pylist(rows, schema=CAPTIONED_SCHEMA), sum(reasons.values()), dict(reasons))
 

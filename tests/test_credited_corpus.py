@@ -147,6 +147,21 @@ def test_gcompris_spec_captions_every_picture_once_and_allows_no_copyleft():
     assert len(files) == len(set(files)) == 261
     assert all(len(i["caption"].split()) >= 2 for i in images)
     assert not any("GPL" in name for name in spec.params["allowed_licences"])
+    assert spec.params["val_fraction"] == 0.5  # evaluation only: every item is 'val' or 'test'
+
+
+def test_an_evaluation_only_corpus_splits_by_key_into_val_and_test(tmp_path):
+    top = tmp_path / "res"
+    names = [f"tower{i}" for i in range(40)]
+    for name in names:
+        _picture(top / f"{name}.webp", (30, 60, 90))
+    (top / "README").write_text("License: CC0-1.0\nFiles:\n" + "\n".join(f"{n}.webp" for n in names), encoding="utf-8")
+    images = [{"file": f"{n}.webp", "caption": f"a tower number {i}"} for i, n in enumerate(names)]
+    images[1]["key"] = "tower0"  # two pictures of one tower: one key, so one split
+    params = {"image_dir": "res", "allowed_licences": ["CC0-1.0"], "val_fraction": 0.5, "images": images}
+    rows = parse_credited_files(tmp_path, _corpus(params)).table.to_pylist()
+    assert {r["split"] for r in rows} == {"val", "test"}
+    assert rows[0]["key"] == rows[1]["key"] and rows[0]["split"] == rows[1]["split"]
 
 
 @pytest.mark.slow
@@ -168,6 +183,7 @@ def test_fetch_real_gcompris_photos_from_debian(tmp_path):
             "CC-BY-SA-4.0",
         }
         assert json.loads(pq.read_schema(result.manifest_path).metadata[b"retr.skipped_by_reason"]) == {}
+        assert sum(r["split"] == "val" for r in rows.values()) == 113  # the rest, 148, are 'test'
         with Image.open(rows["fish9.webp"]["image"]) as im:
             assert im.format == "WEBP" and min(im.size) >= 100
     finally:
