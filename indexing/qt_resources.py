@@ -49,7 +49,10 @@ def _name(blob: bytes, names: int, offset: int) -> str:
     start = names + offset + 6  # after the length and the name's hash
     if start + 2 * length > len(blob):
         raise ResourceError(f"a name at byte {start} runs past the end of the bundle")
-    name = blob[start : start + 2 * length].decode("utf-16-be", errors="strict")
+    try:
+        name = blob[start : start + 2 * length].decode("utf-16-be", errors="strict")
+    except UnicodeDecodeError as e:
+        raise ResourceError(f"a name at byte {start} is not UTF-16 ({e.reason})") from e
     if name in ("", ".", "..") or any(ch in name for ch in "/\\\0"):
         raise ResourceError(f"resource name {name!r} is not a plain file name")
     return name

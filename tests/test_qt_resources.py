@@ -46,6 +46,14 @@ def test_refuses_a_name_that_would_leave_the_destination(tmp_path):
     assert not any(tmp_path.parent.glob("x.png"))
 
 
+def test_refuses_a_name_that_is_not_utf16():
+    blob = (DATA / "v1.rcc").read_bytes()
+    lone_surrogate = b"\xd8\x00" + "lue.png".encode("utf-16-be")  # same length as "blue.png"
+    crafted = blob.replace("blue.png".encode("utf-16-be"), lone_surrogate)
+    with pytest.raises(ResourceError, match="not UTF-16"):
+        list(read_resources(crafted))
+
+
 def test_refuses_corrupt_compressed_data():
     blob = bytearray((DATA / "v2.rcc").read_bytes())
     zstream = bytes(blob).find(b"\x78\x9c")  # the zlib header of readme.txt's data
