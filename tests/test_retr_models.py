@@ -103,6 +103,7 @@ def test_committed_default_model_loads_and_ranks_known_pairs(bridge) -> None:
     default = load_encoder("retr:default")
     train = default.meta["train"]
     assert default.dim == 1024 and (train["bridge_score_weight"], train["instance_score_weight"]) == (0.5, 0.5)
+    assert default.support.config.weight == 0.5  # query expansion from the training set (MODEL_CARD)
     xb = default.encode_images(_photos())
     assert np.allclose(np.linalg.norm(xb, axis=1), 1, atol=1e-4)
     known = {**KNOWN, "a man with a camera": "camera"}
@@ -141,20 +142,26 @@ def test_bridge_with_glosses_appends_each_classes_wordnet_definition() -> None:
     assert torch.allclose(glossed.bridge_from_pooled(pooled), mixed, atol=1e-5)
 
 
-@pytest.mark.slow
-def test_instance_block_changes_image_image_scores_only(tmp_path) -> None:
-    """Packed vectors: text->image ranks as the bridge/trained ensemble; image->image adds the instance score."""
+def _save_random_heads(folder, w: float, c: float) -> None:
+    """Linear heads with a 16-d instance block and small random weights, scored at bridge weight w, instance c."""
     from retrieval.training.config import HeadConfig
-    from retrieval.training.model import AlignedHeads, colour_thumbnail, save_heads
+    from retrieval.training.model import AlignedHeads, save_heads
 
     torch.manual_seed(0)
     heads = AlignedHeads(HeadConfig(hidden=0, instance_dim=16))
     with torch.no_grad():
         for p in heads.parameters():
             p.normal_(0, 0.05)
+    save_heads(heads, folder, {"train": {"bridge_score_weight": w, "instance_score_weight": c, "bridge": {"top_k": 5}}})
+
+
+@pytest.mark.slow
+def test_instance_block_changes_image_image_scores_only(tmp_path) -> None:
+    """Packed vectors: text->image ranks as the bridge/trained ensemble; image->image adds the instance score."""
+    from retrieval.training.model import colour_thumbnail
+
     w, c = 0.5, 0.4
-    train = {"bridge_score_weight": w, "instance_score_weight": c, "bridge": {"top_k": 5}}
-    save_heads(heads, tmp_path, {"train": train})
+    _save_random_heads(tmp_path, w, c)
     enc = load_encoder(f"retr:{tmp_path}")
     assert enc.dim == 384 * 2 + 16
     photos, queries = _photos(), list(KNOWN)
@@ -212,3 +219,39 @@ def test_a_checkpoints_id_changes_with_its_scoring_weights_as_well_as_its_weight
     assert after.weights_id == checkpoint_id(tmp_path)
     photo = _photos()[:1]
     assert not np.allclose(before.encode_images(photo), after.encode_images(photo))
+
+
+@pytest.mark.slow
+def test_query_expansion_adds_the_look_of_the_support_keys_a_query_names(tmp_path) -> None:
+    """text·image += weight · c · expansion(query) · instance(image), then text rows are normalised."""
+    from retrieval.training.config import ExpansionConfig
+    from retrieval.training.model import colour_thumbnail
+    from retrieval.training.support import build_support, expansion, save_support
+
+    _save_random_heads(tmp_path, 0.5, 0.4)
+    plain = load_encoder(f"retr:{tmp_path}")
+    photos = _photos()
+    pixels = plain.preprocess.normalize(torch.stack([plain.preprocess.to_uint8(im) for im in photos]))
+    with torch.no_grad():
+        pooled, _ = plain.bridge.image_features(pixels)
+        inst = plain.heads.instance(pooled, colour_thumbnail(pixels)).numpy()
+    # support: each photo is a key, captioned as KNOWN's queries are phrased ("a cup of coffee")
+    names = {v: k for k, v in KNOWN.items()}
+    captions = [(names.get(p, f"a {p}"),) for p in PHOTOS]
+    save_support(tmp_path, build_support(list(PHOTOS), captions, inst, ExpansionConfig(0.5, 3, 0.05)))
+    enc = load_encoder(f"retr:{tmp_path}")
+    assert enc.weights_id != plain.weights_id  # indexes built before the support set are stale
+    queries = list(KNOWN)
+    xi, xt, xt0 = enc.encode_images(photos), enc.encode_texts(queries), plain.encode_texts(queries)
+    assert np.allclose(xi, plain.encode_images(photos), atol=1e-5)  # images do not change
+    assert np.allclose(np.linalg.norm(xt, axis=1), 1, atol=1e-5)
+    q = torch.from_numpy(enc.bridge.text_tower.encode(queries))
+    e = expansion(q, enc.support_vectors, enc.support).numpy()
+    raw = xt0 @ xi.T + 0.5 * 0.4 * e @ inst.T
+    norms = np.sqrt(1 + (0.5 * 0.4**0.5 * np.linalg.norm(e, axis=1)) ** 2)
+    assert np.allclose(xt @ xi.T, raw / norms[:, None], atol=1e-4)
+    # each query's own photo gains on every other photo: its look is what the query borrowed
+    own = [PHOTOS.index(p) for p in KNOWN.values()]
+    gain = (xt @ xi.T) * norms[:, None] - xt0 @ xi.T
+    for r, i in enumerate(own):
+        assert gain[r, i] > np.delete(gain[r], i).max()

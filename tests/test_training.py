@@ -87,20 +87,32 @@ def test_tiny_training_with_instance_block_and_bridge_ensemble(tmp_path: Path, b
         "corpora": [str(manifest)], "out": str(tmp_path / "run"), "epochs": 40, "batch_size": 20, "lr": 3e-3,
         "templates": ["{}"], "augment": {"views": 2}, "num_workers": 0, "key_batches": True, "i2i_weight": 0.5,
         "bridge_score_weight": 0.3, "instance_score_weight": 0.5, "head": {"instance_dim": 16},
+        "query_expansion": {"weight": 0.5, "neighbours": 3},
     })
     report = train(config, bridge, cache=tmp_path / "cache", progress=False)
     assert report.last_loss < 0.5 * report.first_loss
     trained = load_encoder(f"retr:{report.out}")
     assert trained.dim == 384 + 384 + 16
+    # the support set: one entry per colour, with both of its captions; queries get an instance block
+    assert sorted(trained.support.keys) == sorted(COLOURS) and len(trained.support.captions) == 2 * len(COLOURS)
+    xt = trained.encode_texts(["a red square"])
+    assert np.abs(xt[0, 768:]).sum() > 0 and np.isclose(np.linalg.norm(xt[0]), 1, atol=1e-5)
     held_out = load_pairs([str(manifest)], "test")
     metrics = text_image_recall(trained, held_out).metrics
-    assert metrics["t2i_R@1"] >= 0.9  # the instance block leaves text queries to the ensemble
+    assert metrics["t2i_R@1"] >= 0.9
     xb, rows = embed_images(trained, held_out)
     keys = np.asarray([held_out[i].key for i in rows])
     scores = xb @ xb.T - 2 * np.eye(len(xb))  # each image's nearest other image
     assert np.mean(keys[scores.argmax(1)] == keys) >= 0.9  # same colour, the other held-out drawing
+    # expansion off: the finished run is not retrained (its settings are read after training), and
+    # the support files go, so the model scores text queries without them
+    plain = parse_config({**config.to_json(), "augment": {"views": 2}, "head": {"instance_dim": 16},
+                          "query_expansion": {"weight": 0.0}})
+    assert train(plain, bridge, cache=tmp_path / "cache", progress=False).epochs_run == 0
+    assert not list(report.out.glob("support.*"))
+    assert np.allclose(load_encoder(f"retr:{report.out}").encode_texts(["a red square"])[0, 768:], 0)
     glossed = parse_config({**config.to_json(), "bridge": {"top_k": 10, "glosses": True}, "augment": {"views": 2},
-                            "head": {"instance_dim": 16}})
+                            "head": {"instance_dim": 16}, "query_expansion": {"weight": 0.5, "neighbours": 3}})
     with pytest.raises(ValueError, match="the bridge was built with .*tower_bridge"):
         train(glossed, bridge, cache=tmp_path / "cache", progress=False)
 

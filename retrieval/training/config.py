@@ -62,6 +62,21 @@ class UnlockConfig:
 
 
 @dataclass(frozen=True)
+class ExpansionConfig:
+    """Query expansion from the training set (retrieval.training.support); needs an instance head.
+
+    A text query's `neighbours` nearest training keys by caption (MiniLM cosine, softmax at
+    `temperature`) lend it their training images' mean instance vector, which fills the text
+    vector's otherwise empty instance block: text->image score += weight * c * (that vector ·
+    the image's instance vector). 0 = off, and no support files are written.
+    """
+
+    weight: float = 0.0
+    neighbours: int = 50
+    temperature: float = 0.05
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     corpora: tuple[str, ...] = ("emoji-google", "emoji-twitter", "flags")
     out: str = "out/train/default"
@@ -97,6 +112,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     unlock: UnlockConfig = field(default_factory=UnlockConfig)
+    query_expansion: ExpansionConfig = field(default_factory=ExpansionConfig)
     feature_batch_size: int = 64
     num_workers: int = 2
 
@@ -127,6 +143,11 @@ class TrainConfig:
             raise ValueError("styles_per_key must be >= 0, and > 0 only with key_batches")
         if (self.unlock.layers > 0) != (self.unlock.epochs > 0) or self.unlock.layers < 0 or self.unlock.lr <= 0:
             raise ValueError("unlock.layers > 0 and unlock.epochs > 0 go together (and unlock.lr > 0)")
+        qe = self.query_expansion
+        if qe.weight < 0 or qe.neighbours < 1 or qe.temperature <= 0:
+            raise ValueError("query_expansion needs weight >= 0, neighbours >= 1 and temperature > 0")
+        if qe.weight > 0 and self.head.instance_dim <= 0:
+            raise ValueError("query_expansion.weight > 0 needs an instance head (head.instance_dim > 0)")
         if self.augment.views < 1:
             raise ValueError("augment.views must be >= 1")
         if not all("{}" in t for t in self.templates):
@@ -151,6 +172,8 @@ def _build(cls: type, obj: dict[str, Any], where: str) -> Any:
             value = _build(BridgeConfig, value, f"{where}.bridge")
         elif name == "unlock":
             value = _build(UnlockConfig, value, f"{where}.unlock")
+        elif name == "query_expansion":
+            value = _build(ExpansionConfig, value, f"{where}.query_expansion")
         elif name == "backgrounds":
             value = tuple(tuple(int(c) for c in rgb) for rgb in value)
         elif isinstance(value, list):

@@ -33,6 +33,7 @@ from retrieval.training.data import Pair, load_pairs
 from retrieval.training.features import Features, compute_features
 from retrieval.training.losses import clip_loss, siglip_loss
 from retrieval.training.model import AlignedHeads, HeadEnsemble, member_heads, save_heads
+from retrieval.training.support import SUPPORT_META, SUPPORT_WEIGHTS, build_support, save_support
 
 STATE = "state.pt"
 WARMUP_FRACTION = 0.05  # of all steps, linear warm-up before the cosine decay
@@ -65,7 +66,9 @@ def _run_hash(config: TrainConfig, data_key: str) -> str:
     data_key is the feature cache's key (pairs, caption strings, augmentation, towers): a state
     trained on other data, e.g. before a corpus or caption change, is refused rather than resumed.
     """
-    obj = {k: v for k, v in config.to_json().items() if k not in ("out", "num_workers", "feature_batch_size")}
+    # query_expansion is read after training (the support set): changing it does not retrain the heads
+    skip = ("out", "num_workers", "feature_batch_size", "query_expansion")
+    obj = {k: v for k, v in config.to_json().items() if k not in skip}
     obj["data"] = data_key
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -248,6 +251,27 @@ def _train_member(
     return heads.eval(), losses, all_epochs - start
 
 
+@torch.no_grad()
+def _write_support(config: TrainConfig, heads: AlignedHeads | HeadEnsemble, run: _Run, kept: Sequence[Pair],
+                   out: Path) -> None:
+    """The query-expansion support set (retrieval.training.support) from each image's clean view (view 0);
+    with expansion off, any support files an earlier run left in `out` are removed."""
+    if config.query_expansion.weight <= 0:
+        for name in (SUPPORT_META, SUPPORT_WEIGHTS):  # the meta file first: without it there is no support set
+            (out / name).unlink(missing_ok=True)
+        return
+    heads.eval()
+    vectors = []
+    for s in range(0, len(kept), 1024):
+        rows = slice(s, s + 1024)
+        cut = run.cut[rows, 0] if run.cut is not None else None
+        _, inst = heads.embed(run.pooled[rows, 0], run.bridge[rows, 0], run.thumb[rows, 0], cut, instance=True)
+        vectors.append(inst.float().cpu().numpy())
+    support = build_support([p.key for p in kept], [p.captions for p in kept], np.concatenate(vectors),
+                            config.query_expansion)
+    save_support(out, support)
+
+
 def train(config: TrainConfig, bridge, *, cache: Path, progress: bool = True) -> TrainReport:
     """Train heads for `config` on top of `bridge` (an ImageNetBridge: its towers are locked)."""
     t0 = time.perf_counter()
@@ -279,4 +303,5 @@ def train(config: TrainConfig, bridge, *, cache: Path, progress: bool = True) ->
     losses = np.mean(histories, axis=0).tolist()  # per epoch, averaged over members
     save_heads(heads, out, {"train": config.to_json(), "losses": losses, "git_sha": git_sha(), "n_pairs": n,
                             "n_texts": len(texts), "base": bridge.name})
+    _write_support(config, heads, run, [pairs[i] for i in np.flatnonzero(feats.ok)], out)
     return TrainReport(out, n, len(texts), epochs_run, losses[0], losses[-1], time.perf_counter() - t0)
