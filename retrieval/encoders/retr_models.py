@@ -31,6 +31,7 @@ from retrieval.encoders.base import Encoder, l2_normalize
 from retrieval.encoders.imagenet_classes import imagenet_class_glosses, imagenet_class_names
 from retrieval.encoders.towers import EFFICIENTNET_LITES, MINILM_DIM, MINILM_WEIGHTS_ID, EfficientNetLite, MiniLM
 from retrieval.training.config import IMAGE_TOWERS, BridgeConfig
+from retrieval.training.support import SUPPORT_META, SUPPORT_WEIGHTS, expansion, load_support
 
 
 def cached_text_vectors(text_tower: MiniLM, texts: Sequence[str], tag: str) -> np.ndarray:
@@ -145,7 +146,6 @@ def checkpoint_id(folder: Path) -> str:
     makes an index built before stale."""
     from indexing.manifest import file_sha256
     from retrieval.training.model import CONFIG, WEIGHTS
-    from retrieval.training.support import SUPPORT_META, SUPPORT_WEIGHTS
 
     names = [WEIGHTS, CONFIG] + [n for n in (SUPPORT_WEIGHTS, SUPPORT_META) if (folder / n).is_file()]
     digests = "\0".join(file_sha256(folder / name) for name in names)
@@ -185,14 +185,12 @@ class AlignedEncoder(Encoder):
         self.w = float(train.get("bridge_score_weight", 0.0))
         self.c = float(train.get("instance_score_weight", 0.0))
         self.dim = packed_dim(self.meta)
-        from retrieval.training.support import load_support
-
-        self.support = load_support(folder) if self.c > 0 else None
-        if self.support is not None and self.support.config.weight > 0:
+        # query expansion needs the instance block it fills; a support set with weight 0 is off
+        support = load_support(folder) if self.c > 0 else None
+        self.support = support if support is not None and support.config.weight > 0 else None
+        if self.support is not None:
             vectors = cached_text_vectors(self.bridge.text_tower, self.support.captions, "support-captions")
             self.support_vectors = torch.from_numpy(vectors).to(device)
-        else:
-            self.support = None
 
     def _pack(
         self, bridge: torch.Tensor, trained: torch.Tensor, instance: torch.Tensor | None,
@@ -228,8 +226,6 @@ class AlignedEncoder(Encoder):
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dim), np.float32)
-        from retrieval.training.support import expansion
-
         t = torch.from_numpy(self.bridge.text_tower.encode(texts)).to(self.device)
         if self.support is None:
             return self._pack(t, self.heads.text(t), None)
