@@ -74,6 +74,25 @@ def test_bridge_sees_classes_not_colours(bridge) -> None:
     assert abs(gap) < 0.2
 
 
+@pytest.mark.slow
+def test_cached_text_vectors_encode_each_distinct_string_once(bridge, tmp_path, monkeypatch) -> None:
+    """Support captions repeat across styles: a repeat costs no MiniLM pass and gets the same vector."""
+    from retrieval.encoders.retr_models import cached_text_vectors
+
+    monkeypatch.setenv("RETR_CACHE", str(tmp_path))
+    seen: list[list[str]] = []
+    tower = bridge.text_tower
+    monkeypatch.setattr(tower, "encode", lambda texts, _encode=tower.encode: seen.append(list(texts)) or _encode(texts))
+    texts = ["a red heart", "a cat", "a red heart", "a dog", "a cat"]
+    vectors = cached_text_vectors(tower, texts, "probe")
+    assert seen == [["a red heart", "a cat", "a dog"]]
+    assert vectors.shape == (5, 384)
+    assert np.array_equal(vectors[0], vectors[2]) and np.array_equal(vectors[1], vectors[4])
+    assert not np.allclose(vectors[0], vectors[1])
+    assert len(list((tmp_path / "assets").glob("probe-*.npy"))) == 1
+    assert np.array_equal(cached_text_vectors(tower, texts, "probe"), vectors) and len(seen) == 1  # from the cache
+
+
 def test_registry_lists_families_and_rejects_bad_specs() -> None:
     specs = [m.spec for m in list_models()]
     assert "retr:imagenet-bridge" in specs and any(s.startswith("open_clip:") for s in specs)
