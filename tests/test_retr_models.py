@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from skimage.data import horse as skimage_horse
 from typer.testing import CliRunner
 
 from app import cli
@@ -161,7 +162,7 @@ def test_bridge_with_glosses_appends_each_classes_wordnet_definition() -> None:
     assert torch.allclose(glossed.bridge_from_pooled(pooled), mixed, atol=1e-5)
 
 
-def _save_random_heads(folder, w: float, c: float) -> None:
+def _save_random_heads(folder, w: float, c: float, trim: bool = False) -> None:
     """Linear heads with a 16-d instance block and small random weights, scored at bridge weight w, instance c."""
     from retrieval.training.config import HeadConfig
     from retrieval.training.model import AlignedHeads, save_heads
@@ -171,7 +172,23 @@ def _save_random_heads(folder, w: float, c: float) -> None:
     with torch.no_grad():
         for p in heads.parameters():
             p.normal_(0, 0.05)
-    save_heads(heads, folder, {"train": {"bridge_score_weight": w, "instance_score_weight": c, "bridge": {"top_k": 5}}})
+    save_heads(heads, folder, {"train": {"bridge_score_weight": w, "instance_score_weight": c, "bridge": {"top_k": 5},
+                                         "trim_border": trim}})
+
+
+@pytest.mark.slow
+def test_a_model_trained_on_framed_images_frames_what_it_indexes(tmp_path) -> None:
+    """trim_border in head.json: a drawing on a wide page embeds like the same drawing cut to its content."""
+    from PIL import ImageOps
+
+    horse = Image.fromarray((skimage_horse() * 255).astype(np.uint8)).convert("RGB")
+    page = ImageOps.expand(horse, border=300, fill="white")
+    for trim in (True, False):
+        _save_random_heads(tmp_path / str(trim), 0.5, 0.4, trim=trim)
+        enc = load_encoder(f"retr:{tmp_path / str(trim)}")
+        assert enc.preprocess.trim is trim
+        a, b = enc.encode_images([horse, page])
+        assert bool(a @ b > 0.99) == trim, float(a @ b)
 
 
 @pytest.mark.slow

@@ -115,6 +115,9 @@ def test_tiny_training_with_instance_block_and_bridge_ensemble(tmp_path: Path, b
                             "head": {"instance_dim": 16}, "query_expansion": {"weight": 0.5, "neighbours": 3}})
     with pytest.raises(ValueError, match="the bridge was built with .*tower_bridge"):
         train(glossed, bridge, cache=tmp_path / "cache", progress=False)
+    framed = parse_config({**plain.to_json(), "trim_border": True})
+    with pytest.raises(ValueError, match=r"frames images with trim=False.*trim_border=True"):
+        train(framed, bridge, cache=tmp_path / "cache", progress=False)
 
 
 def test_ensemble_members_train_from_their_own_seeds_and_rank_as_their_mean(tmp_path: Path, bridge) -> None:
@@ -272,7 +275,7 @@ def test_config_files_parse_and_name_known_corpora() -> None:
 
     known = {c.name for c in list_corpora(manifest_dir())}
     paths = sorted((Path(__file__).resolve().parent.parent / "retrieval" / "training" / "configs").glob("*.json"))
-    assert [p.name for p in paths] == ["default.json", "more-styles.json", "unlock.json"]
+    assert [p.name for p in paths] == ["default.json", "more-styles.json", "trim.json", "unlock.json"]
     for path in paths:
         config = read_config(path)
         assert json.loads(path.read_text())["corpora"] == list(config.corpora)
@@ -335,15 +338,15 @@ def test_train_cli_reads_config_and_prints_the_model_spec(monkeypatch, tmp_path:
 
     monkeypatch.setattr(loop, "train", fake_train)
     monkeypatch.setattr("retrieval.encoders.retr_models.tower_bridge",
-                        lambda tower, device, bridge: f"towers:{tower}@{device}")
+                        lambda tower, device, bridge, trim: f"towers:{tower}@{device}" + ("+trim" * trim))
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"corpora": ["flags"], "out": str(tmp_path / "run"), "epochs": 2,
-                               "image_tower": "random-efficientnet-lite0"}))
+                               "image_tower": "random-efficientnet-lite0", "trim_border": True}))
     res = CliRunner().invoke(cli.app, ["train", "--config", str(cfg), "--quiet"])
     assert res.exit_code == 0, res.output
     assert res.output.strip().splitlines()[-1] == f"retr:{tmp_path / 'run'}"
     expected_device = "cuda" if torch.cuda.is_available() else "cpu"  # --device auto
-    assert seen["config"].epochs == 2 and seen["bridge"] == f"towers:random-efficientnet-lite0@{expected_device}"
+    assert seen["config"].epochs == 2 and seen["bridge"] == f"towers:random-efficientnet-lite0@{expected_device}+trim"
     res = CliRunner().invoke(cli.app, ["train", "--config", str(cfg), "--device", "tpu"])
     assert res.exit_code == 2 and "device must be 'auto', 'cpu' or 'cuda'" in res.output
     cfg.write_text(json.dumps({"image_tower": "resnet"}))

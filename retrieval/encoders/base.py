@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from retrieval.encoders.framing import trim_border
+
 
 @dataclass(frozen=True)
 class ImagePreprocess:
@@ -23,6 +25,8 @@ class ImagePreprocess:
     # "center_crop": resize shortest side to `size` then centre-crop (CLIP/DINOv2 eval);
     # "squash": resize to size×size ignoring aspect (keeps the whole icon in view).
     mode: str = "center_crop"
+    # crop a uniform border down to the content first (retrieval.encoders.framing), for models trained so
+    trim: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("center_crop", "squash"):
@@ -38,7 +42,7 @@ class ImagePreprocess:
         Decode workers hand batches over in this form: a quarter of the bytes of float32, which is
         what crosses process boundaries (and the PCIe bus, when the model runs on a GPU).
         """
-        image = image.convert("RGB")
+        image = trim_border(image) if self.trim else image.convert("RGB")
         if self.mode == "squash":
             image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
         else:

@@ -16,6 +16,7 @@ that trained models must beat.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -55,11 +56,11 @@ class ImageNetBridge(Encoder):
 
     def __init__(
         self, name: str, device: str = "cpu", config: BridgeConfig | None = None, *,
-        tower: str = "efficientnet-lite0", pretrained: bool = True,
+        tower: str = "efficientnet-lite0", pretrained: bool = True, trim: bool = False,
     ) -> None:
         self.name, self.device, self.config = name, device, config or BridgeConfig()
         self.image_tower = EfficientNetLite(tower, pretrained=pretrained).to(device)
-        self.preprocess = self.image_tower.variant.preprocess
+        self.preprocess = dataclasses.replace(self.image_tower.variant.preprocess, trim=trim)
         self.text_tower = MiniLM(device)
         self.class_names = imagenet_class_names()
         self.class_vectors = torch.from_numpy(self._class_vectors()).to(device)  # (1000, 384)
@@ -112,15 +113,17 @@ class ImageNetBridge(Encoder):
         return l2_normalize(self.text_tower.encode(texts))
 
 
-def tower_bridge(image_tower: str, device: str = "cpu", config: BridgeConfig | None = None) -> ImageNetBridge:
-    """The locked towers (and bridge vectors) that heads are trained on top of."""
+def tower_bridge(
+    image_tower: str, device: str = "cpu", config: BridgeConfig | None = None, *, trim: bool = False
+) -> ImageNetBridge:
+    """The locked towers (and bridge vectors) that heads are trained on top of; `trim`: images framed first."""
     if image_tower not in IMAGE_TOWERS:
         raise ValueError(f"image_tower must be one of {IMAGE_TOWERS}, got {image_tower!r}")
     pretrained = not image_tower.startswith("random-")
     tower = image_tower.removeprefix("random-")
     # The name keys the training feature cache, so Lite0's keeps the name it always had.
     name = f"retr:{image_tower}-bridge" if not pretrained else _BRIDGE_SPECS[tower]
-    return ImageNetBridge(name, device, config, tower=tower, pretrained=pretrained)
+    return ImageNetBridge(name, device, config, tower=tower, pretrained=pretrained, trim=trim)
 
 
 # `retr:imagenet-bridge` is the floor on Lite0; the -lite1 / -lite2 ones are the same bridge on the
@@ -181,7 +184,8 @@ class AlignedEncoder(Encoder):
         meta = read_meta(folder)
         train = meta.get("train", {})
         bridge_config = BridgeConfig(**train.get("bridge", {}))
-        self.bridge = tower_bridge(train.get("image_tower", IMAGE_TOWERS[0]), device, bridge_config)
+        self.bridge = tower_bridge(train.get("image_tower", IMAGE_TOWERS[0]), device, bridge_config,
+                                   trim=bool(train.get("trim_border", False)))
         # heads that fine-tuned the tower's last layers rebuild them from the tower, then load their weights
         self.heads, self.meta = load_heads(folder, device, tail=self.bridge.image_tower.tail, meta=meta)
         self.cut_layers = unlocked_layers(self.meta)

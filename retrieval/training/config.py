@@ -81,6 +81,7 @@ class TrainConfig:
     corpora: tuple[str, ...] = ("emoji-google", "emoji-twitter", "flags")
     out: str = "out/train/default"
     image_tower: str = "efficientnet-lite0"  # one of IMAGE_TOWERS
+    trim_border: bool = False  # frame images to their content (retrieval.encoders.framing), in training and serving
     loss: str = "siglip"
     epochs: int = 30
     batch_size: int = 256

@@ -92,9 +92,13 @@ def _collate(batch: list[tuple[int, torch.Tensor | None]]) -> tuple[list[int], t
     return [i for i, _ in good], (torch.stack([x for _, x in good]) if good else None)
 
 
-def cache_key(pairs: Sequence[Pair], aug: AugmentConfig, texts: Sequence[str], seed: int, towers: str) -> str:
+def cache_key(
+    pairs: Sequence[Pair], aug: AugmentConfig, texts: Sequence[str], seed: int, towers: str, trim: bool = False
+) -> str:
     h = hashlib.sha256()
     meta = {"v": FEATURE_VERSION, "aug": asdict(aug), "seed": seed, "towers": towers}
+    if trim:  # only when on, so untrimmed runs keep the cache they always had
+        meta["trim"] = True
     h.update(json.dumps(meta, sort_keys=True).encode())
     for p in pairs:
         h.update(f"{p.path}\0".encode())
@@ -116,7 +120,7 @@ def compute_features(
     The feature map at a cut is an add-on file in the same folder (`cut-<layers>.npy`): a locked
     and an unlocked run on the same data share pooled features, thumbnails and text vectors.
     """
-    folder = cache / "features" / cache_key(pairs, aug, texts, seed, bridge.name)
+    folder = cache / "features" / cache_key(pairs, aug, texts, seed, bridge.name, bridge.preprocess.trim)
     done = (folder / "done.json").exists()
     if done and (not cut_layers or (folder / _cut_file(cut_layers)).is_file()):
         return _load(folder, cut_layers)

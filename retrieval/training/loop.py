@@ -278,6 +278,9 @@ def train(config: TrainConfig, bridge, *, cache: Path, progress: bool = True) ->
     if bridge.config != config.bridge:  # head.json promises config.bridge at inference
         raise ValueError(f"the bridge was built with {bridge.config}, the config asks for {config.bridge}; "
                          "build it with tower_bridge(config.image_tower, device, config.bridge)")
+    if bridge.preprocess.trim != config.trim_border:  # head.json promises it at inference too
+        raise ValueError(f"the bridge frames images with trim={bridge.preprocess.trim}, the config asks for "
+                         f"trim_border={config.trim_border}; build it with tower_bridge(..., trim=config.trim_border)")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     pairs = load_pairs(config.corpora, split="train", progress=progress)
