@@ -2,7 +2,8 @@
 
     python bench/bench_framing.py [--per-corpus 200] [--corpora emoji-google openmoji openclipart ...]
 
-For each fetched corpus: the first N images of its manifest, decoded once, then preprocessed for
+For each corpus (fetched into the cache first when it is not there yet; a corpus that cannot be
+fetched is reported as skipped): the first N images of its manifest, decoded once, then preprocessed for
 EfficientNet-Lite0 (`ImagePreprocess.to_uint8`: resize and crop to 224) with and without
 `trim=True`. Prints ms per image for both, their ratio, and the share of images that had a border
 to cut. Decoding (not timed here) is the same either way. A recorded run is in docs/benchmarks.md.

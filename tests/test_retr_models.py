@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from skimage.data import horse as skimage_horse
 from typer.testing import CliRunner
 
 from app import cli
@@ -181,7 +180,7 @@ def test_a_model_trained_on_framed_images_frames_what_it_indexes(tmp_path) -> No
     """trim_border in head.json: a drawing on a wide page embeds like the same drawing cut to its content."""
     from PIL import ImageOps
 
-    horse = Image.fromarray((skimage_horse() * 255).astype(np.uint8)).convert("RGB")
+    horse = _photos()[PHOTOS.index("horse")]  # a black silhouette on white
     page = ImageOps.expand(horse, border=300, fill="white")
     for trim in (True, False):
         _save_random_heads(tmp_path / str(trim), 0.5, 0.4, trim=trim)
