@@ -250,7 +250,8 @@ def train_cmd(
 
     try:
         cfg = read_config(config)
-        bridge = tower_bridge(cfg.image_tower, resolve_device(device), cfg.bridge, trim=cfg.trim_border)
+        bridge = tower_bridge(cfg.image_tower, resolve_device(device), cfg.bridge, trim=cfg.trim_border,
+                              text_tower=cfg.text_tower)
         report = train(cfg, bridge, cache=cache_dir(), progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
         raise _fail(str(e)) from e

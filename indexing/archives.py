@@ -239,7 +239,8 @@ def _extract_tar(archive: Path, dest: Path, prefixes: Sequence[str], report: Rep
     report.finish(task)
 
 
-def _extract_zip(archive: Path, dest: Path, prefixes: Sequence[str]) -> None:
+def extract_zip(archive: Path, dest: Path, prefixes: Sequence[str]) -> None:
+    """Unpack the members of a zip under PREFIXES (all when empty) into DEST, refusing unsafe paths."""
     with zipfile.ZipFile(archive) as zf:
         for name in zf.namelist():
             if _wanted(name, prefixes):
@@ -256,4 +257,4 @@ def extract_archive(archive: Path, ref: ArchiveRef, dest: Path, report: Report) 
     elif ref.source == "npm":
         _extract_tar(archive, dest, ref.extract, report)
     else:
-        _extract_zip(archive, dest, ref.extract)
+        extract_zip(archive, dest, ref.extract)

@@ -118,6 +118,37 @@ def test_tiny_training_with_instance_block_and_bridge_ensemble(tmp_path: Path, b
     framed = parse_config({**plain.to_json(), "trim_border": True})
     with pytest.raises(ValueError, match=r"frames images with trim=False.*trim_border=True"):
         train(framed, bridge, cache=tmp_path / "cache", progress=False)
+    other_text = parse_config({**plain.to_json(), "text_tower": "mpnet-base"})
+    with pytest.raises(ValueError, match=r"reads text with minilm-l6.*text_tower=mpnet-base"):
+        train(other_text, bridge, cache=tmp_path / "cache", progress=False)
+
+
+def test_tiny_training_on_the_mpnet_text_tower_reuses_the_image_features(tmp_path: Path, bridge) -> None:
+    from retrieval.encoders.retr_models import tower_bridge
+
+    manifest = _colour_manifest(tmp_path / "colours")
+    # 100 epochs: mpnet's heads fit this tiny set more slowly (40 epochs: R@1 0.4-0.5, 100: 1.0; MiniLM 0.9-1.0)
+    common = {"corpora": [str(manifest)], "epochs": 100, "batch_size": 20, "lr": 3e-3, "templates": ["{}"],
+              "augment": {"views": 2}, "num_workers": 0, "key_batches": True, "i2i_weight": 0.5,
+              "bridge_score_weight": 0.3, "instance_score_weight": 0.5, "head": {"instance_dim": 16}}
+    minilm = train(parse_config({**common, "out": str(tmp_path / "minilm")}), bridge, cache=tmp_path / "cache",
+                   progress=False)
+    [features] = list((tmp_path / "cache" / "features").iterdir())
+    pooled_written = (features / "pooled.npy").stat().st_mtime_ns
+    config = parse_config({**common, "out": str(tmp_path / "mpnet"), "text_tower": "mpnet-base"})
+    report = train(config, tower_bridge("efficientnet-lite0", text_tower="mpnet-base"), cache=tmp_path / "cache",
+                   progress=False)
+    assert report.last_loss < 0.5 * report.first_loss
+    # the same image features, read again; each tower's caption vectors in a file of its own
+    assert list((tmp_path / "cache" / "features").iterdir()) == [features]
+    assert (features / "pooled.npy").stat().st_mtime_ns == pooled_written
+    names = sorted(p.name for p in features.glob("text_vectors*"))
+    assert len(names) == 2 and names[0].startswith("text_vectors-mpnet-base-") and names[1] == "text_vectors.npy"
+    trained = load_encoder(f"retr:{report.out}")
+    assert trained.dim == 768 + 768 + 16 and load_encoder(f"retr:{minilm.out}").dim == 384 + 384 + 16
+    assert json.loads((report.out / "head.json").read_text())["train"]["text_tower"] == "mpnet-base"
+    held_out = load_pairs([str(manifest)], "test")
+    assert text_image_recall(trained, held_out).metrics["t2i_R@1"] >= 0.9
 
 
 def test_ensemble_members_train_from_their_own_seeds_and_rank_as_their_mean(tmp_path: Path, bridge) -> None:
@@ -235,6 +266,8 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path: Path) -> None:
         parse_config({"augment": {"view": 2}})
     with pytest.raises(ValueError, match="loss must be one of"):
         parse_config({"loss": "triplet"})
+    with pytest.raises(ValueError, match="text_tower must be one of"):
+        parse_config({"text_tower": "bert"})
     bad = tmp_path / "c.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="cannot read training config"):
@@ -275,7 +308,8 @@ def test_config_files_parse_and_name_known_corpora() -> None:
 
     known = {c.name for c in list_corpora(manifest_dir())}
     paths = sorted((Path(__file__).resolve().parent.parent / "retrieval" / "training" / "configs").glob("*.json"))
-    assert [p.name for p in paths] == ["default.json", "more-styles.json", "trim.json", "unlock.json"]
+    assert [p.name for p in paths] == [
+        "default.json", "more-styles.json", "mpnet.json", "trim.json", "unlock.json"]
     for path in paths:
         config = read_config(path)
         assert json.loads(path.read_text())["corpora"] == list(config.corpora)
@@ -338,15 +372,18 @@ def test_train_cli_reads_config_and_prints_the_model_spec(monkeypatch, tmp_path:
 
     monkeypatch.setattr(loop, "train", fake_train)
     monkeypatch.setattr("retrieval.encoders.retr_models.tower_bridge",
-                        lambda tower, device, bridge, trim: f"towers:{tower}@{device}" + ("+trim" * trim))
+                        lambda tower, device, bridge, trim, text_tower: f"towers:{tower}+{text_tower}@{device}"
+                        + ("+trim" * trim))
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"corpora": ["flags"], "out": str(tmp_path / "run"), "epochs": 2,
-                               "image_tower": "random-efficientnet-lite0", "trim_border": True}))
+                               "image_tower": "random-efficientnet-lite0", "trim_border": True,
+                               "text_tower": "mpnet-base"}))
     res = CliRunner().invoke(cli.app, ["train", "--config", str(cfg), "--quiet"])
     assert res.exit_code == 0, res.output
     assert res.output.strip().splitlines()[-1] == f"retr:{tmp_path / 'run'}"
     expected_device = "cuda" if torch.cuda.is_available() else "cpu"  # --device auto
-    assert seen["config"].epochs == 2 and seen["bridge"] == f"towers:random-efficientnet-lite0@{expected_device}+trim"
+    assert seen["config"].epochs == 2
+    assert seen["bridge"] == f"towers:random-efficientnet-lite0+mpnet-base@{expected_device}+trim"
     res = CliRunner().invoke(cli.app, ["train", "--config", str(cfg), "--device", "tpu"])
     assert res.exit_code == 2 and "device must be 'auto', 'cpu' or 'cuda'" in res.output
     cfg.write_text(json.dumps({"image_tower": "resnet"}))

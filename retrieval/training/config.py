@@ -16,6 +16,8 @@ LOSSES = ("siglip", "clip")
 # Locked image towers heads can be trained on (retrieval.encoders.towers.EFFICIENTNET_LITES); the
 # random one is the "untrained tower" ablation.
 IMAGE_TOWERS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "random-efficientnet-lite0")
+# Locked text towers (retrieval.encoders.text_towers.TEXT_TOWERS); the first is what runs without the key.
+TEXT_TOWERS = ("minilm-l6", "mpnet-base")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class TrainConfig:
     corpora: tuple[str, ...] = ("emoji-google", "emoji-twitter", "flags")
     out: str = "out/train/default"
     image_tower: str = "efficientnet-lite0"  # one of IMAGE_TOWERS
+    text_tower: str = "minilm-l6"  # one of TEXT_TOWERS: its space is the one the heads align images to
     trim_border: bool = False  # frame images to their content (retrieval.encoders.framing), in training and serving
     loss: str = "siglip"
     epochs: int = 30
@@ -122,6 +125,8 @@ class TrainConfig:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.image_tower not in IMAGE_TOWERS:
             raise ValueError(f"image_tower must be one of {IMAGE_TOWERS}, got {self.image_tower!r}")
+        if self.text_tower not in TEXT_TOWERS:
+            raise ValueError(f"text_tower must be one of {TEXT_TOWERS}, got {self.text_tower!r}")
         if not self.corpora:
             raise ValueError("corpora must name at least one corpus or manifest")
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:

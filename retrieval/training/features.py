@@ -5,7 +5,9 @@ resized crop, colour jitter and a random background behind transparency), each r
 the config's EfficientNet-Lite tower once -> pooled features (1280) and the 8x8 colour thumbnail (192). The
 ImageNet-bridge vector is not stored: the classifier's last layer re-derives it from the pooled
 features in milliseconds, for whichever bridge settings a run uses.
-For every caption x template string: its MiniLM vector (384), deduplicated.
+For every caption x template string: its text tower vector (MiniLM 384, mpnet 768), deduplicated,
+in a file of its own per tower (`text_vectors.npy` for MiniLM, as before the towers were a choice),
+so runs on the same images with another text tower share the image features.
 With `cut_layers` > 0 (a run that unlocks the tower's last layers), also each view's feature map
 at the input of those layers, (C, 7, 7) float16, which the unlocked layers are trained from
 (a separate file, `cut-<layers>.npy`, next to the others).
@@ -30,6 +32,7 @@ from indexing.atomic import write_json, write_npy
 from indexing.decode import DecodeError, DecodeLimits, decode_image
 from indexing.sources import Item, read_item_bytes
 from retrieval.encoders.base import ImagePreprocess
+from retrieval.encoders.text_towers import DEFAULT_TEXT_TOWER, TEXT_TOWERS
 from retrieval.training.config import AugmentConfig
 from retrieval.training.data import Pair
 from retrieval.training.model import THUMB_DIM, colour_thumbnail
@@ -43,7 +46,7 @@ class Features:
     thumb: np.ndarray  # (N, V, 192) float16, 8x8 colour thumbnail per view
     ok: np.ndarray  # (N,) bool, False where the image could not be decoded
     texts: list[str]  # unique caption strings
-    text_vectors: np.ndarray  # (T, 384) float32, MiniLM, unit norm
+    text_vectors: np.ndarray  # (T, D) float32, the text tower's, unit norm
     key: str  # cache_key() of the inputs: names exactly what these features were computed from
     cut: np.ndarray | None = None  # (N, V, C, h, w) float16, the input of the last cut_layers layers
 
@@ -111,19 +114,50 @@ def _cut_file(cut_layers: int) -> str:
     return f"cut-{cut_layers}.npy"
 
 
+def text_vectors_file(text_tower) -> str:
+    """MiniLM's keeps the name it always had; another tower's (or bf16's) is named by what made it."""
+    if text_tower.vectors_id == TEXT_TOWERS[DEFAULT_TEXT_TOWER].weights_id:
+        return "text_vectors.npy"
+    return f"text_vectors-{text_tower.spec.name}-{hashlib.sha256(text_tower.vectors_id.encode()).hexdigest()[:8]}.npy"
+
+
 def compute_features(
     pairs: Sequence[Pair], texts: Sequence[str], bridge, aug: AugmentConfig, *, cache: Path, seed: int = 0,
     batch_size: int = 64, num_workers: int = 2, progress: bool = True, cut_layers: int = 0,
 ) -> Features:
     """Tower outputs for every (pair, view) and every text; cached by a hash of all inputs.
 
-    The feature map at a cut is an add-on file in the same folder (`cut-<layers>.npy`): a locked
-    and an unlocked run on the same data share pooled features, thumbnails and text vectors.
+    The feature map at a cut and each text tower's vectors are add-on files in the same folder
+    (`cut-<layers>.npy`, text_vectors_file()): a locked and an unlocked run, or runs with two text
+    towers, on the same data share pooled features and thumbnails.
     """
     folder = cache / "features" / cache_key(pairs, aug, texts, seed, bridge.name, bridge.preprocess.trim)
+    text_file = text_vectors_file(bridge.text_tower)
     done = (folder / "done.json").exists()
-    if done and (not cut_layers or (folder / _cut_file(cut_layers)).is_file()):
-        return _load(folder, cut_layers)
+    if not done or (cut_layers and not (folder / _cut_file(cut_layers)).is_file()):
+        _image_features(pairs, texts, bridge, aug, folder, seed, batch_size, num_workers, progress, cut_layers)
+    if not (folder / text_file).is_file():  # its own atomic file, like the cut
+        write_npy(folder / text_file, _encode_texts(bridge.text_tower, texts, progress))
+    return _load(folder, text_file, cut_layers)
+
+
+def _encode_texts(text_tower, texts: Sequence[str], progress: bool, chunk: int = 4096) -> np.ndarray:
+    """The tower's vectors of every caption string, in chunks so that the bar moves (mpnet: ~5 min)."""
+    out = [np.zeros((0, text_tower.dim), np.float32)]
+    desc = f"text features ({text_tower.spec.name})"
+    with tqdm(total=len(texts), unit="caption", desc=desc, disable=not progress) as bar:
+        for start in range(0, len(texts), chunk):
+            out.append(text_tower.encode(texts[start:start + chunk]))
+            bar.update(len(out[-1]))
+    return np.concatenate(out)
+
+
+def _image_features(
+    pairs: Sequence[Pair], texts: Sequence[str], bridge, aug: AugmentConfig, folder: Path, seed: int,
+    batch_size: int, num_workers: int, progress: bool, cut_layers: int,
+) -> None:
+    """Pooled features, thumbnails and (with cut_layers) the feature map at the cut, for every view."""
+    done = (folder / "done.json").exists()
     n, v = len(pairs), aug.views
     pooled = np.zeros((n * v, 1280), np.float16)
     thumbs = np.zeros((n * v, THUMB_DIM), np.float16)
@@ -151,23 +185,20 @@ def compute_features(
     if cut is not None:  # its own atomic file: the folder's other files are the same with or without it
         write_npy(folder / _cut_file(cut_layers), cut.reshape(n, v, *cut.shape[1:]))
     if not done:
-        text_vectors = bridge.text_tower.encode(list(texts))
         write_npy(folder / "pooled.npy", pooled.reshape(n, v, -1))
         write_npy(folder / "thumb.npy", thumbs.reshape(n, v, -1))
         write_npy(folder / "ok.npy", ok.reshape(n, v).all(axis=1))
-        write_npy(folder / "text_vectors.npy", text_vectors)
         write_json(folder / "texts.json", list(texts))
         write_json(folder / "done.json", {"n": n, "views": v, "texts": len(texts)})  # commit marker, last
-    return _load(folder, cut_layers)
 
 
-def _load(folder: Path, cut_layers: int = 0) -> Features:
+def _load(folder: Path, text_file: str, cut_layers: int = 0) -> Features:
     return Features(
         pooled=np.load(folder / "pooled.npy"),
         thumb=np.load(folder / "thumb.npy"),
         ok=np.load(folder / "ok.npy"),
         texts=json.loads((folder / "texts.json").read_text()),
-        text_vectors=np.load(folder / "text_vectors.npy"),
+        text_vectors=np.load(folder / text_file),
         key=folder.name,
         cut=np.load(folder / _cut_file(cut_layers)) if cut_layers else None,
     )

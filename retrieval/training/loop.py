@@ -132,13 +132,13 @@ class _Run:
         keep = np.flatnonzero(feats.ok)
         self.device = torch.device(bridge.device)
         self.pooled = torch.from_numpy(feats.pooled[keep]).to(self.device)  # (N, V, 1280) fp16
-        with torch.no_grad():  # (N, V, 384) fp16: this run's bridge settings applied to the cached features
+        with torch.no_grad():  # (N, V, D) fp16: this run's bridge settings applied to the cached features
             flat = bridge.bridge_from_pooled(self.pooled.flatten(0, 1)).half()
         self.bridge = flat.reshape(*self.pooled.shape[:2], -1)
         self.thumb = torch.from_numpy(feats.thumb[keep]).to(self.device)  # (N, V, 192) fp16
         # (N, V, C, h, w) fp16: the input of the unlocked layers, for runs that unlock some
         self.cut = torch.from_numpy(feats.cut[keep]).to(self.device) if feats.cut is not None else None
-        self.texts = torch.from_numpy(feats.text_vectors).to(self.device)  # (T, 384)
+        self.texts = torch.from_numpy(feats.text_vectors).to(self.device)  # (T, D)
         self.per_pair = [per_pair[i] for i in keep]
         _, key_ids = np.unique([pairs[i].key for i in keep], return_inverse=True)
         self.keys = torch.from_numpy(key_ids)  # CPU: epoch order is drawn with numpy
@@ -205,7 +205,7 @@ def _train_member(
     next unlock.epochs also train a copy of `tower`'s last unlock.layers layers (the tail).
     """
     torch.manual_seed(config.seed + member)  # member 0 is exactly the single-head run
-    heads = member_heads(config.head, config.loss, member).to(run.device)
+    heads = member_heads(config.head, config.loss, member, run.texts.shape[1]).to(run.device)
 
     def unlock() -> torch.optim.Optimizer:
         heads.attach_tail(tower.tail(config.unlock.layers))
@@ -278,6 +278,9 @@ def train(config: TrainConfig, bridge, *, cache: Path, progress: bool = True) ->
     if bridge.config != config.bridge:  # head.json promises config.bridge at inference
         raise ValueError(f"the bridge was built with {bridge.config}, the config asks for {config.bridge}; "
                          "build it with tower_bridge(config.image_tower, device, config.bridge)")
+    if bridge.text_tower.spec.name != config.text_tower:  # the heads align to the bridge's text tower
+        raise ValueError(f"the bridge reads text with {bridge.text_tower.spec.name}, the config asks for "
+                         f"text_tower={config.text_tower}; build it with tower_bridge(..., text_tower=...)")
     if bridge.preprocess.trim != config.trim_border:  # head.json promises it at inference too
         raise ValueError(f"the bridge frames images with trim={bridge.preprocess.trim}, the config asks for "
                          f"trim_border={config.trim_border}; build it with tower_bridge(..., trim=config.trim_border)")

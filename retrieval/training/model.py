@@ -1,7 +1,7 @@
-"""Trainable heads that align locked EfficientNet-Lite features with the locked MiniLM text space.
+"""Trainable heads that align locked EfficientNet-Lite features with a locked text tower's space.
 
-    image  = normalise( normalise(bridge) + head([layernorm(pooled), normalise(bridge), thumb]) )   (B, 384)
-    text   = normalise( t + adapter(t) ),  t = MiniLM(caption)                               (B, 384)
+    image  = normalise( normalise(bridge) + head([layernorm(pooled), normalise(bridge), thumb]) )   (B, D)
+    text   = normalise( t + adapter(t) ),  t = text tower(caption)                              (B, D)
     instance = normalise( linear([layernorm(pooled), thumb]) )     (B, instance_dim), optional, images only
 
 The last image-head layer and the text adapter start at zero, so an untrained model *is* the
@@ -30,9 +30,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from indexing.atomic import atomic_path, write_json
+from retrieval.encoders.text_towers import DEFAULT_TEXT_TOWER, text_tower_spec
 from retrieval.training.config import HeadConfig
 
-POOLED_DIM, TEXT_DIM = 1280, 384
+POOLED_DIM = 1280
 THUMB_SIDE = 8
 THUMB_DIM = 3 * THUMB_SIDE * THUMB_SIDE
 
@@ -46,18 +47,19 @@ WEIGHTS, CONFIG = "head.safetensors", "head.json"
 
 
 class AlignedHeads(nn.Module):
-    def __init__(self, config: HeadConfig = HeadConfig(), loss: str = "siglip") -> None:
+    def __init__(self, config: HeadConfig = HeadConfig(), loss: str = "siglip", text_dim: int = 384) -> None:
+        """`text_dim`: the text tower's width (384 MiniLM, 768 mpnet), which the bridge vectors share."""
         super().__init__()
         self.config, self.loss = config, loss
-        d_in = POOLED_DIM + TEXT_DIM + THUMB_DIM
+        d_in = POOLED_DIM + text_dim + THUMB_DIM
         if config.hidden:
-            layers = [nn.Linear(d_in, config.hidden), nn.GELU(), nn.Linear(config.hidden, TEXT_DIM)]
+            layers = [nn.Linear(d_in, config.hidden), nn.GELU(), nn.Linear(config.hidden, text_dim)]
             self.image_head = nn.Sequential(nn.Dropout(config.dropout), *layers)
         else:
-            self.image_head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(d_in, TEXT_DIM))
+            self.image_head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(d_in, text_dim))
         nn.init.zeros_(self.image_head[-1].weight)
         nn.init.zeros_(self.image_head[-1].bias)
-        self.text_adapter = nn.Linear(TEXT_DIM, TEXT_DIM) if config.text_adapter else None
+        self.text_adapter = nn.Linear(text_dim, text_dim) if config.text_adapter else None
         if self.text_adapter is not None:
             nn.init.zeros_(self.text_adapter.weight)
             nn.init.zeros_(self.text_adapter.bias)
@@ -100,9 +102,9 @@ class AlignedHeads(nn.Module):
         return [self.log_t, self.bias, self.log_t_i2i, self.bias_i2i, *extra]
 
     def image(self, pooled: torch.Tensor, bridge: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor:
-        """pooled (B, 1280), bridge (B, 384), thumb (B, 192) -> (B, 384) unit rows."""
+        """pooled (B, 1280), bridge (B, D), thumb (B, 192) -> (B, D) unit rows."""
         base = F.normalize(bridge.float(), dim=-1)
-        x = torch.cat([F.layer_norm(pooled.float(), (POOLED_DIM,)), base, thumb.float()], dim=-1)  # (B, 1856)
+        x = torch.cat([F.layer_norm(pooled.float(), (POOLED_DIM,)), base, thumb.float()], dim=-1)  # (B, 1472 + D)
         return F.normalize(base + self.image_head(x), dim=-1)
 
     def instance(self, pooled: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor:
@@ -113,16 +115,16 @@ class AlignedHeads(nn.Module):
         return F.normalize(self.instance_head(x), dim=-1)
 
     def text(self, t: torch.Tensor) -> torch.Tensor:
-        """MiniLM vectors (B, 384) -> (B, 384) unit rows."""
+        """Text tower vectors (B, D) -> (B, D) unit rows."""
         t = t.float()
         if self.text_adapter is not None:
             t = t + self.text_adapter(t)
         return F.normalize(t, dim=-1)
 
 
-def member_heads(config: HeadConfig, loss: str, member: int) -> AlignedHeads:
+def member_heads(config: HeadConfig, loss: str, member: int, text_dim: int = 384) -> AlignedHeads:
     """Heads for ensemble member `member`: only member 0 has the instance head."""
-    return AlignedHeads(config if member == 0 else replace(config, instance_dim=0), loss)
+    return AlignedHeads(config if member == 0 else replace(config, instance_dim=0), loss, text_dim)
 
 
 class HeadEnsemble(nn.Module):
@@ -198,7 +200,9 @@ def load_heads(
     folder = Path(folder)
     meta = read_meta(folder) if meta is None else meta
     config, loss, members = HeadConfig(**meta["head"]), meta["loss"], int(meta.get("members", 1))
-    singles = [member_heads(config, loss, k) if members > 1 else AlignedHeads(config, loss) for k in range(members)]
+    dim = text_tower_spec(meta.get("train", {}).get("text_tower", DEFAULT_TEXT_TOWER)).dim
+    singles = [member_heads(config, loss, k, dim) if members > 1 else AlignedHeads(config, loss, dim)
+               for k in range(members)]
     if layers := unlocked_layers(meta):
         if tail is None:
             raise ValueError(f"{folder} fine-tuned the tower's last {layers} layers: loading it needs the tower")
