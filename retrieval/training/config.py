@@ -31,7 +31,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class BridgeConfig:
-    """How the ImageNet bridge turns class probabilities into a MiniLM vector (retr_models.ImageNetBridge)."""
+    """How the ImageNet bridge turns class probabilities into a text tower vector (retr_models.ImageNetBridge)."""
 
     top_k: int = 5  # classes mixed per image
     template: str = "a photo of a {}"  # CLIP's prompt; MiniLM ranks bare class names worse
@@ -67,7 +67,7 @@ class UnlockConfig:
 class ExpansionConfig:
     """Query expansion from the training set (retrieval.training.support); needs an instance head.
 
-    A text query's `neighbours` nearest training keys by caption (MiniLM cosine, softmax at
+    A text query's `neighbours` nearest training keys by caption (text tower cosine, softmax at
     `temperature`) lend it their training images' mean instance vector, which fills the text
     vector's otherwise empty instance block: text->image score += weight * c * (that vector ·
     the image's instance vector). 0 = off, and no support files are written.
@@ -107,7 +107,7 @@ class TrainConfig:
     # i2i score = c * instance score + (1 - c) * (the text-aligned score above).
     instance_score_weight: float = 0.0
     # Image heads trained alike from seeds seed, seed+1, ... on the same cached features; an image's
-    # trained block is the normalised mean of the members' vectors (the text side is MiniLM itself,
+    # trained block is the normalised mean of the members' vectors (the text side is the text tower itself,
     # shared by all), so it ranks like the members' average score. Only member 0 has an instance head.
     members: int = 1
     bridge: BridgeConfig = field(default_factory=BridgeConfig)

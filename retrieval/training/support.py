@@ -2,7 +2,7 @@
 
 A trained run keeps a *support set*: one instance vector per training key (the mean of member 0's
 instance vectors of the key's clean training images, normalised) and every caption of that key.
-At query time the text is matched against those captions (MiniLM cosine; a key scores its best
+At query time the text is matched against those captions (text tower cosine; a key scores its best
 caption), and the `neighbours` best keys, softmax-weighted at `temperature`, give
 
     expansion(query) = Σ_k softmax(s_k / τ) · instance_k
@@ -93,9 +93,9 @@ def load_support(folder: Path) -> SupportSet | None:
 
 
 def expansion(queries: torch.Tensor, caption_vectors: torch.Tensor, support: SupportSet) -> torch.Tensor:
-    """MiniLM query vectors (Q, 384) -> (Q, d): the softmax-weighted mean instance vector of their nearest keys.
+    """Text tower query vectors (Q, D) -> (Q, d): the softmax-weighted mean instance vector of their nearest keys.
 
-    `caption_vectors` (C, 384) are MiniLM vectors of `support.captions`, unit rows.
+    `caption_vectors` (C, D) are the same tower's vectors of `support.captions`, unit rows.
     """
     sims = queries.float() @ caption_vectors.float().T  # (Q, C)
     owner = torch.as_tensor(support.caption_key, dtype=torch.long, device=sims.device)
