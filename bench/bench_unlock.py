@@ -5,12 +5,17 @@
 A locked step trains the heads on cached pooled features; an unlocked step (`unlock.layers` = n)
 also runs the tower's last n layers forward and backward from the cached feature map at their
 input (retrieval.training.loop._loss, the real training loss, on seeded random inputs of the
-default config's shapes). Prints one line per setting; a recorded run (2 CPU cores):
+default config's shapes). Each unlocked setting runs in fp32 and, on a device with native
+bfloat16, in bf16 as well (`unlock.precision`, "auto" picks it there). Prints one line per setting;
+a recorded run (2 CPU cores with AVX512-BF16):
 
-    locked              0.046 s/step  x1.0
-    unlock.layers = 1   0.371 s/step  x8.1
-    unlock.layers = 2   0.915 s/step  x19.9
-    unlock.layers = 5   3.421 s/step  x74.3
+    locked              0.039 s/step  x1.0
+    unlock.layers = 1   fp32  0.350 s/step  x9.0 of locked
+    unlock.layers = 1   bf16  0.242 s/step  x6.2 of locked  x0.69 of fp32
+    unlock.layers = 2   fp32  0.895 s/step  x23.1 of locked
+    unlock.layers = 2   bf16  0.424 s/step  x10.9 of locked  x0.47 of fp32
+    unlock.layers = 5   fp32  2.572 s/step  x66.3 of locked
+    unlock.layers = 5   bf16  1.693 s/step  x43.6 of locked  x0.66 of fp32
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 
 import torch
 
+from retrieval.encoders.precision import autocast_dtype, native_bf16
 from retrieval.encoders.towers import EfficientNetLite
 from retrieval.training.config import HeadConfig
 from retrieval.training.loop import _loss
@@ -58,13 +64,21 @@ def main() -> None:
     base = seconds_per_step(heads, None, args.batch, args.repeats)
     print(f"{'locked':<19} {base:.3f} s/step  x1.0")
     pixels = torch.randn(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    precisions = ["fp32", "bf16"] if native_bf16("cpu") else ["fp32"]
     for layers in args.layers:
         with torch.inference_mode():
             cut = tower.split(pixels, layers)[0].half().clone()  # cached as float16, like the training cache
-        unlocked = AlignedHeads(config).train()
-        unlocked.attach_tail(tower.tail(layers))
-        sec = seconds_per_step(unlocked, cut, args.batch, args.repeats)
-        print(f"unlock.layers = {layers:<3} {sec:.3f} s/step  x{sec / base:.1f}")
+        fp32 = 0.0
+        for precision in precisions:
+            torch.manual_seed(0)
+            unlocked = AlignedHeads(config).train()
+            tail = tower.tail(layers)
+            tail.autocast = autocast_dtype(precision, "cpu")  # as retr train sets it for unlock.precision
+            unlocked.attach_tail(tail)
+            sec = seconds_per_step(unlocked, cut, args.batch, args.repeats)
+            fp32 = fp32 or sec
+            print(f"unlock.layers = {layers:<3} {precision}  {sec:.3f} s/step  x{sec / base:.1f} of locked"
+                  + (f"  x{sec / fp32:.2f} of fp32" if precision != "fp32" else ""))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.encoders.text_towers import TEXT_TOWERS, TextTower, cpu_has_bf16, text_tower_spec
+from retrieval.encoders.precision import cpu_has_bf16
+from retrieval.encoders.text_towers import TEXT_TOWERS, TextTower, text_tower_spec
 from retrieval.training import config
 
 CAPTIONS = ["a cup of coffee", "an espresso", "an astronaut", "a photo of a hen, adult female bird", "red heart"]

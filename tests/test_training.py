@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from retrieval.encoders import load_encoder
+from retrieval.encoders.precision import native_bf16
 from retrieval.evaluate import embed_images, text_image_recall
 from retrieval.training.config import parse_config, read_config
 from retrieval.training.data import _alternatives, load_pairs
@@ -214,7 +215,10 @@ def test_unlocking_the_towers_last_layers_trains_them_and_resumes_after_a_kill(
     with pytest.raises(KeyboardInterrupt):
         train(config, bridge, cache=tmp_path / "cache", progress=False)
     monkeypatch.setattr(loop, "_save_state", save)
-    # ... the rerun trains only the last two, from the saved tail
+    # ... the rerun trains only the last two, from the saved tail; how the tail computes is not what it
+    # learned from, so a rerun in the other precision resumes too
+    other = "fp32" if native_bf16("cpu") else "bf16"  # "auto" ran the first part in the other one
+    config = parse_config({**config.to_json(), "unlock": {**config.to_json()["unlock"], "precision": other}})
     report = train(config, bridge, cache=tmp_path / "cache", progress=False)
     assert report.epochs_run == 2
     # the locked run's cached features were reused; the cut feature map is an add-on file next to them
@@ -252,6 +256,10 @@ def test_tower_split_and_tail_reproduce_the_towers_features(bridge) -> None:
             cut, f, lg = tower.split(pixels, layers)
             assert torch.allclose(f, features, atol=1e-5) and torch.allclose(lg, logits, atol=1e-4)
             assert torch.allclose(tower.tail(layers)(cut), features, atol=1e-4)
+            half = tower.tail(layers)
+            half.autocast = torch.bfloat16  # how retr train runs it where bf16 is native
+            out = half(cut)
+            assert out.dtype == torch.float32 and torch.cosine_similarity(out, features).min() > 0.999
     assert tower.tail(2).layers == 2 and cut.shape[1:] == (112, 14, 14)  # six layers back: the 14x14 stage
     with pytest.raises(ValueError, match="layers must be in 1..17"):
         tower.tail(18)

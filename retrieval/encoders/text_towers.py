@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from indexing.cache import cache_dir
+from retrieval.encoders.precision import cpu_has_bf16
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,6 @@ def text_tower_folder(spec: TextTowerSpec, cache: Path | None = None) -> Path:
         pip_name = spec.package.replace("_", "-")
         raise ValueError(f"the {spec.name} text tower needs the package {pip_name} (pip install it)")
     return Path(found.origin).parent / "model"
-
-
-def cpu_has_bf16() -> bool:
-    """Native bfloat16 matrix products (AVX512-BF16); elsewhere bf16 is emulated and slower than fp32."""
-    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
 
 
 class TextTower:

@@ -122,20 +122,27 @@ def _pooled_tail(x: torch.Tensor, blocks, conv_head: nn.Module, bn: nn.Module, a
 class TowerTail(nn.Module):
     """The last layers of an EfficientNet-Lite, split off to be fine-tuned (LiT's optional unlocking step).
 
-    (B, C, h, w) feature map at the cut (`EfficientNetLite.split`) -> (B, 1280) pooled features.
+    (B, C, h, w) feature map at the cut (`EfficientNetLite.split`) -> (B, 1280) float32 pooled features.
     Batch norms stay in inference mode (their running statistics are the pretrained ones, and
     fine-tuning batches of icons must not overwrite them); their scales and shifts train.
+    `autocast` (e.g. torch.bfloat16; None = float32) is how the trainer runs it; it is not saved,
+    so a loaded tail embeds in float32.
     """
 
     def __init__(self, blocks: list[nn.Module], conv_head: nn.Module, bn: nn.Module, act: nn.Module) -> None:
         super().__init__()
         self.blocks, self.conv_head, self.bn, self.act = nn.ModuleList(blocks), conv_head, bn, act
         self.layers = len(blocks) + 1
+        self.autocast: torch.dtype | None = None
+        self.to(memory_format=torch.channels_last)
         self.eval()
 
     def train(self, mode: bool = True) -> TowerTail:
         return super().train(False)  # always inference-mode batch norm (see class docstring)
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
-        return _pooled_tail(fmap.float(), self.blocks, self.conv_head, self.bn, self.act)
+        # channels-last like the tower: the depthwise convolutions' backward runs ~1.6x faster in it on CPU
+        x = fmap.float().contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            return _pooled_tail(x, self.blocks, self.conv_head, self.bn, self.act).float()
 

@@ -18,6 +18,8 @@ LOSSES = ("siglip", "clip")
 IMAGE_TOWERS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "random-efficientnet-lite0")
 # Locked text towers (retrieval.encoders.text_towers.TEXT_TOWERS); the first is what runs without the key.
 TEXT_TOWERS = ("minilm-l6", "mpnet-base")
+# retrieval.encoders.precision.PRECISIONS (kept here so that parsing a config imports no torch)
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,10 @@ class UnlockConfig:
     layers: int = 0  # 0 = locked throughout; 1 = the head convolution; n = it and the tower's last n-1 blocks
     epochs: int = 0  # epochs trained after `TrainConfig.epochs` locked ones, with those layers unlocked
     lr: float = 1e-4  # peak learning rate of those epochs, for the unlocked layers and the heads alike
+    # How the unlocked layers run while training (retrieval.encoders.precision): "auto" = bfloat16
+    # where the device computes it natively (AVX512-BF16 CPUs, CUDA GPUs with bf16), else fp32.
+    # Embedding with the trained checkpoint is always fp32.
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,8 @@ class TrainConfig:
             raise ValueError("styles_per_key must be >= 0, and > 0 only with key_batches")
         if (self.unlock.layers > 0) != (self.unlock.epochs > 0) or self.unlock.layers < 0 or self.unlock.lr <= 0:
             raise ValueError("unlock.layers > 0 and unlock.epochs > 0 go together (and unlock.lr > 0)")
+        if self.unlock.precision not in PRECISIONS:
+            raise ValueError(f"unlock.precision must be one of {', '.join(PRECISIONS)}, got {self.unlock.precision!r}")
         qe = self.query_expansion
         if qe.weight < 0 or qe.neighbours < 1 or qe.temperature <= 0:
             raise ValueError("query_expansion needs weight >= 0, neighbours >= 1 and temperature > 0")

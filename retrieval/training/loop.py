@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from indexing.atomic import atomic_path
 from indexing.manifest import git_sha
+from retrieval.encoders.precision import autocast_dtype
 from retrieval.encoders.towers import EfficientNetLite
 from retrieval.training.config import TrainConfig
 from retrieval.training.data import Pair, load_pairs
@@ -69,6 +70,7 @@ def _run_hash(config: TrainConfig, data_key: str) -> str:
     # query_expansion is read after training (the support set): changing it does not retrain the heads
     skip = ("out", "num_workers", "feature_batch_size", "query_expansion")
     obj = {k: v for k, v in config.to_json().items() if k not in skip}
+    obj["unlock"].pop("precision")  # how the unlocked layers compute, like the device: not what they learn from
     obj["data"] = data_key
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -208,7 +210,9 @@ def _train_member(
     heads = member_heads(config.head, config.loss, member, run.texts.shape[1]).to(run.device)
 
     def unlock() -> torch.optim.Optimizer:
-        heads.attach_tail(tower.tail(config.unlock.layers))
+        tail = tower.tail(config.unlock.layers)
+        tail.autocast = autocast_dtype(config.unlock.precision, run.device)  # while training only
+        heads.attach_tail(tail)
         return _optimizer(heads, config, config.unlock.lr)
 
     opt = _optimizer(heads, config, config.lr)
@@ -247,6 +251,8 @@ def _train_member(
                 bar.set_postfix(loss=f"{loss.item():.3f}", pairs_s=f"{pairs_per_s:.0f}")
             losses.append(float(np.mean(epoch_losses)))
             _save_state(path, heads, opt, epoch + 1, rng, h, losses)
+    if heads.tail is not None:
+        heads.tail.autocast = None  # the support set, and every later embedding, in fp32
     all_epochs = config.epochs + config.unlock.epochs
     return heads.eval(), losses, all_epochs - start
 
