@@ -96,7 +96,8 @@ BatchSize = Annotated[int, typer.Option(help="Images per model forward.")]
 Workers = Annotated[int, typer.Option(help="Decode worker processes (0 = decode in the main process).")]
 ChunkSize = Annotated[int, typer.Option(help="Items per embedding chunk file (the unit of resume).")]
 StorageDtype = Annotated[str, typer.Option(help="float16 or float32 for stored embeddings.")]
-Precision = Annotated[str, typer.Option(help="fp32, fp16 or bf16 (half precision on CUDA only).")]
+Precision = Annotated[str, typer.Option(
+    help="fp32, fp16 or bf16 (fp16 on CUDA only; bf16 also on CPUs, fast with AVX512-BF16).")]
 Model = Annotated[str, typer.Option(help="Encoder spec; see `retr models list`.")]
 
 
@@ -302,6 +303,8 @@ def eval_cmd(
         Path | None, typer.Option(help="Folder for contact sheets: example queries and their top hits, per model, set.")
     ] = None,
     sheet_queries: Annotated[int, typer.Option(help="Queries per contact sheet.", min=1, max=100)] = 8,
+    precision: Annotated[str, typer.Option(
+        help="Embed images at fp32, fp16 or bf16, as `retr index build --precision` would.")] = "fp32",
 ) -> None:
     """R@1/5/10 text→image, image→text, cross-style image→image and photo queries, per model."""
     from retrieval.evaluate import EvalPlan, evaluate
@@ -314,7 +317,7 @@ def eval_cmd(
             if not sep or not a or not b:
                 raise ValueError(f"--cross takes A:B, got {c!r}")
             pairs.append((a, b))
-        plan = EvalPlan(tuple(manifest), tuple(pairs), queries, split, sheet_queries if sheet else 0)
+        plan = EvalPlan(tuple(manifest), tuple(pairs), queries, split, sheet_queries if sheet else 0, precision)
         if not (plan.corpora or plan.cross or plan.photo_queries):
             raise ValueError("nothing to evaluate: give --manifest, --cross or --queries")
         results = {}

@@ -11,7 +11,6 @@ Decoding and preprocessing run in DataLoader workers, overlapping the model in t
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
@@ -29,6 +28,7 @@ from indexing.decode import DecodeError, DecodeLimits, decode_image
 from indexing.sources import Item, read_item_bytes, source_fingerprint
 from indexing.store import REJECT_SCHEMA, chunk_paths, item_table, read_job
 from retrieval.encoders.base import Encoder, ImagePreprocess
+from retrieval.encoders.precision import EMBED_PRECISIONS, embedding_autocast
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,13 @@ class EmbedConfig:
     num_workers: int = 2  # decode/preprocess processes; 0 decodes in the main process
     chunk_size: int = 2048  # items per chunk file = the unit of resumption
     storage_dtype: str = "float16"  # float16 halves disk and RAM; cosine error ~1e-3
-    precision: str = "fp32"  # fp16/bf16 autocast on CUDA only
+    precision: str = "fp32"  # fp16 autocast on CUDA only; bf16 on CUDA or CPU
     limits: DecodeLimits = field(default_factory=DecodeLimits)
 
     def __post_init__(self) -> None:
         if self.storage_dtype not in ("float16", "float32"):
             raise ValueError(f"storage dtype must be float16 or float32, got {self.storage_dtype!r}")
-        if self.precision not in ("fp32", "fp16", "bf16"):
+        if self.precision not in EMBED_PRECISIONS:
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
         if self.batch_size < 1 or self.chunk_size < 1 or self.num_workers < 0:
             raise ValueError("batch_size and chunk_size must be >= 1 and num_workers >= 0")
@@ -127,12 +127,6 @@ def _batches(pending_chunks: Sequence[int], n: int, chunk_size: int, batch_size:
         lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
         out.extend(list(range(s, min(hi, s + batch_size))) for s in range(lo, hi, batch_size))
     return out
-
-
-def _autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32" or not device.startswith("cuda"):
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
 
 def job_params(encoder: Encoder, items: Sequence[Item], config: EmbedConfig, start_id: int) -> dict:
@@ -232,7 +226,7 @@ def _embed_chunk(batches: list[_Batch], items: Sequence[Item], encoder: Encoder,
         if not b.ok:
             continue
         ok.extend(b.ok)
-        with torch.inference_mode(), _autocast(device, config.precision):
+        with torch.inference_mode(), embedding_autocast(device, config.precision):
             pixels = encoder.preprocess.normalize(b.pixels.to(device, non_blocking=True))
             img.append(encoder.encode_pixels(pixels))
             txt.append(_encode_captions(encoder, [items[x.index].caption for x in b.ok]))

@@ -24,6 +24,7 @@ import numpy as np
 from indexing.decode import DecodeError, decode_image
 from indexing.sources import Item, read_item_bytes
 from retrieval.encoders.base import Encoder
+from retrieval.encoders.precision import EMBED_PRECISIONS, embedding_autocast
 from retrieval.training.data import Pair, load_pairs
 
 KS = (1, 5, 10)
@@ -70,8 +71,11 @@ def read_photo_queries(path: Path) -> PhotoQueries:
     return PhotoQueries(obj["corpus"], queries)
 
 
-def embed_images(encoder: Encoder, pairs: Sequence[Pair], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(vectors of the decodable images, their row numbers in `pairs`)."""
+def embed_images(
+    encoder: Encoder, pairs: Sequence[Pair], batch_size: int = 64, precision: str = "fp32"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors of the decodable images, their row numbers in `pairs`), embedded at `precision` as
+    `retr index build --precision` would."""
     vecs, rows = [], []
     for start in range(0, len(pairs), batch_size):
         images, idx = [], []
@@ -82,7 +86,8 @@ def embed_images(encoder: Encoder, pairs: Sequence[Pair], batch_size: int = 64) 
             except (OSError, DecodeError):
                 continue
         if images:
-            vecs.append(encoder.encode_images(images))
+            with embedding_autocast(encoder.device, precision):
+                vecs.append(encoder.encode_images(images))
             rows.extend(idx)
     return (np.concatenate(vecs) if vecs else np.zeros((0, encoder.dim), np.float32)), np.asarray(rows, np.int64)
 
@@ -147,8 +152,10 @@ def cross_style_recall(
     return Section({**{f"i2i_R@{k}": v for k, v in r.items()}, "n": int(shared.sum())}, shown)
 
 
-def photo_query_recall(encoder: Encoder, photos: Sequence[Pair], queries: PhotoQueries, examples: int = 0) -> Section:
-    xb, rows = embed_images(encoder, photos)
+def photo_query_recall(
+    encoder: Encoder, photos: Sequence[Pair], queries: PhotoQueries, examples: int = 0, images: Embedded | None = None
+) -> Section:
+    xb, rows = images or embed_images(encoder, photos)
     keys = _keys(photos, rows)
     xq = encoder.encode_texts([t for t, _ in queries.queries])
     relevant = np.stack([np.isin(keys, list(ks)) for _, ks in queries.queries])
@@ -166,6 +173,11 @@ class EvalPlan:
     photo_queries: Path | None = None
     split: str = "test"
     examples: int = 0  # queries per section kept with their top hits (for contact sheets)
+    precision: str = "fp32"  # images embedded as `retr index build --precision` would (texts: fp32)
+
+    def __post_init__(self) -> None:
+        if self.precision not in EMBED_PRECISIONS:
+            raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
 
 
 def evaluate(encoder: Encoder, plan: EvalPlan, *, progress: bool = False) -> EvalResult:
@@ -177,7 +189,7 @@ def evaluate(encoder: Encoder, plan: EvalPlan, *, progress: bool = False) -> Eva
 
     def images(c: str) -> Embedded:
         if c not in embedded:
-            embedded[c] = embed_images(encoder, split[c])
+            embedded[c] = embed_images(encoder, split[c], precision=plan.precision)
         return embedded[c]
 
     for c in plan.corpora:
@@ -186,5 +198,7 @@ def evaluate(encoder: Encoder, plan: EvalPlan, *, progress: bool = False) -> Eva
         sections[f"{a}→{b}"] = cross_style_recall(encoder, split[a], split[b], plan.examples, images(a), images(b))
     if plan.photo_queries is not None:
         q = read_photo_queries(plan.photo_queries)
-        sections["photos"] = photo_query_recall(encoder, load_pairs([q.corpus], progress=progress), q, plan.examples)
+        photos = load_pairs([q.corpus], progress=progress)
+        sections["photos"] = photo_query_recall(encoder, photos, q, plan.examples,
+                                                embed_images(encoder, photos, precision=plan.precision))
     return EvalResult({k: s.metrics for k, s in sections.items()}, {k: s.examples for k, s in sections.items()})

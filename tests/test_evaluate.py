@@ -107,6 +107,11 @@ def test_eval_cli_compares_models_and_validates(monkeypatch, tmp_path: Path) -> 
                                       "retr:imagenet-bridge": {"emoji-google": {"t2i_R@1": 0.1, "n": 10}}}
     plan = seen[0][1]
     assert plan.corpora == ("emoji-google",) and plan.cross == (("emoji-google", "emoji-twitter"),)
+    assert plan.precision == "fp32"
+    res = runner.invoke(cli.app, ["eval", "retr:default", "--manifest", "emoji-google", "--precision", "bf16"])
+    assert res.exit_code == 0 and seen[-1][1].precision == "bf16"
+    res = runner.invoke(cli.app, ["eval", "retr:default", "--manifest", "emoji-google", "--precision", "half"])
+    assert res.exit_code == 2 and "precision must be fp32, fp16 or bf16, got 'half'" in res.output
     res = runner.invoke(cli.app, ["eval", "retr:default", "--cross", "emoji-google"])
     assert res.exit_code == 2 and "--cross takes A:B" in res.output
     res = runner.invoke(cli.app, ["eval", "retr:default"])

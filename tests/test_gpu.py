@@ -1,4 +1,4 @@
-"""GPU paths: the model on CUDA (fp32 and fp16 autocast) embeds like the CPU. Skipped without a GPU."""
+"""GPU paths: the model on CUDA (fp32, fp16 and bf16 autocast) embeds like the CPU. Skipped without a GPU."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from retrieval.encoders import load_encoder
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_cuda_embedding_matches_cpu(colour_folder: Path, tmp_path: Path, precision: str) -> None:
     items = list_items(str(colour_folder))
     out = {}
@@ -30,7 +30,7 @@ def test_cuda_embedding_matches_cpu(colour_folder: Path, tmp_path: Path, precisi
         out[device] = (read_segment_meta(folder).column("path").to_pylist(), read_segment_vectors(folder))
     assert out["cpu"][0] == out["cuda"][0]
     cos = np.sum(out["cpu"][1] * out["cuda"][1], axis=1)
-    # fp32 on GPU differs from CPU by kernel order (~1e-5); fp16 autocast by ~1e-3 (float16 storage too).
+    # fp32 on GPU differs from CPU by kernel order (~1e-5); fp16 / bf16 autocast by ~1e-3 (float16 storage too).
     assert cos.min() > (0.999 if precision == "fp32" else 0.99)
 
 

@@ -6,9 +6,12 @@ and on CPUs with AVX512-BF16; elsewhere it is emulated and slower than float32, 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")  # training the unlocked tower layers (TrainConfig.unlock.precision)
+EMBED_PRECISIONS = ("fp32", "fp16", "bf16")  # embedding images (retr index build / retr eval --precision)
 
 
 def cpu_has_bf16() -> bool:
@@ -31,3 +34,15 @@ def autocast_dtype(precision: str, device: str | torch.device) -> torch.dtype | 
     if precision == "bf16" or (precision == "auto" and native_bf16(device)):
         return torch.bfloat16
     return None
+
+
+def embedding_autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
+    """How images are embedded at `precision`: fp16 autocasts on CUDA only (a CPU runs it in fp32);
+    bf16 on CUDA and CPUs alike (on a CPU with AVX512-BF16 about twice fp32's images/s for
+    retr:default, bench/bench_embed_precision.py; emulated and slower elsewhere)."""
+    if precision not in EMBED_PRECISIONS:
+        raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+    kind = torch.device(device).type
+    if precision == "fp32" or (precision == "fp16" and kind != "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(kind, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)

@@ -109,7 +109,7 @@ class ImageNetBridge(Encoder):
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         _, bridge = self.image_features(pixels)
-        return l2_normalize(bridge.cpu().numpy())
+        return l2_normalize(bridge.float().cpu().numpy())  # float: autocast may hand back bf16
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         return l2_normalize(self.text_tower.encode(texts))
@@ -224,7 +224,7 @@ class AlignedEncoder(Encoder):
             blocks.append(text_instance.to(trained.dtype))
         elif self.c > 0:
             blocks.append(trained.new_zeros(len(trained), self.heads.config.instance_dim))
-        return torch.cat(blocks, dim=-1).cpu().numpy()
+        return torch.cat(blocks, dim=-1).float().cpu().numpy()
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
