@@ -82,6 +82,31 @@ def test_tiny_training_lowers_loss_and_raises_recall(tmp_path: Path, bridge) -> 
     assert (report.out / STATE).exists()
 
 
+def test_bf16_training_features_are_cached_apart_and_train_as_well(tmp_path: Path, bridge) -> None:
+    manifest = _colour_manifest(tmp_path / "colours")
+    base = {"corpora": [str(manifest)], "epochs": 40, "batch_size": 20, "lr": 3e-3, "templates": ["{}"],
+            "augment": {"views": 2}, "num_workers": 0, "key_batches": True, "i2i_weight": 0.5}
+    fp32 = train(parse_config({**base, "out": str(tmp_path / "fp32")}), bridge, cache=tmp_path / "cache",
+                 progress=False)
+    config = parse_config({**base, "out": str(tmp_path / "bf16"), "feature_precision": "bf16"})
+    report = train(config, bridge, cache=tmp_path / "cache", progress=False)
+    # the tower ran again, in bf16, into a cache folder of its own; its features sit next to fp32's
+    folders = list((tmp_path / "cache" / "features").iterdir())
+    assert len(folders) == 2
+    a, b = (np.load(f / "pooled.npy").astype(np.float32).reshape(-1, 1280) for f in folders)
+    assert not np.array_equal(a, b)
+    cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert np.median(cos) > 0.99
+    held_out = load_pairs([str(manifest)], "test")
+    assert text_image_recall(load_encoder(f"retr:{report.out}"), held_out).metrics["t2i_R@1"] >= 0.9
+    # a run cannot switch feature precision midway: its saved state was trained on the other features
+    with pytest.raises(ValueError, match="different config or training data"):
+        train(parse_config({**base, "out": str(fp32.out), "feature_precision": "bf16"}), bridge,
+              cache=tmp_path / "cache", progress=False)
+    with pytest.raises(ValueError, match="feature_precision must be fp32 or bf16, got 'fp16'"):
+        parse_config({**base, "feature_precision": "fp16"})
+
+
 def test_tiny_training_with_instance_block_and_bridge_ensemble(tmp_path: Path, bridge) -> None:
     manifest = _colour_manifest(tmp_path / "colours")
     config = parse_config({

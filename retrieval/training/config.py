@@ -124,6 +124,9 @@ class TrainConfig:
     unlock: UnlockConfig = field(default_factory=UnlockConfig)
     query_expansion: ExpansionConfig = field(default_factory=ExpansionConfig)
     feature_batch_size: int = 64
+    # How the locked image tower runs when the training features are precomputed: "fp32", or "bf16"
+    # (fast on CPUs with AVX512-BF16 and on GPUs; the features land in the cache under their own key).
+    feature_precision: str = "fp32"
     num_workers: int = 2
 
     def __post_init__(self) -> None:
@@ -155,6 +158,8 @@ class TrainConfig:
             raise ValueError("styles_per_key must be >= 0, and > 0 only with key_batches")
         if (self.unlock.layers > 0) != (self.unlock.epochs > 0) or self.unlock.layers < 0 or self.unlock.lr <= 0:
             raise ValueError("unlock.layers > 0 and unlock.epochs > 0 go together (and unlock.lr > 0)")
+        if self.feature_precision not in ("fp32", "bf16"):
+            raise ValueError(f"feature_precision must be fp32 or bf16, got {self.feature_precision!r}")
         if self.unlock.precision not in PRECISIONS:
             raise ValueError(f"unlock.precision must be one of {', '.join(PRECISIONS)}, got {self.unlock.precision!r}")
         qe = self.query_expansion

@@ -32,6 +32,7 @@ from indexing.atomic import write_json, write_npy
 from indexing.decode import DecodeError, DecodeLimits, decode_image
 from indexing.sources import Item, read_item_bytes
 from retrieval.encoders.base import ImagePreprocess
+from retrieval.encoders.precision import embedding_autocast
 from retrieval.encoders.text_towers import DEFAULT_TEXT_TOWER, TEXT_TOWERS
 from retrieval.training.config import AugmentConfig
 from retrieval.training.data import Pair
@@ -96,12 +97,15 @@ def _collate(batch: list[tuple[int, torch.Tensor | None]]) -> tuple[list[int], t
 
 
 def cache_key(
-    pairs: Sequence[Pair], aug: AugmentConfig, texts: Sequence[str], seed: int, towers: str, trim: bool = False
+    pairs: Sequence[Pair], aug: AugmentConfig, texts: Sequence[str], seed: int, towers: str, trim: bool = False,
+    precision: str = "fp32",
 ) -> str:
     h = hashlib.sha256()
     meta = {"v": FEATURE_VERSION, "aug": asdict(aug), "seed": seed, "towers": towers}
     if trim:  # only when on, so untrimmed runs keep the cache they always had
         meta["trim"] = True
+    if precision != "fp32":  # likewise
+        meta["precision"] = precision
     h.update(json.dumps(meta, sort_keys=True).encode())
     for p in pairs:
         h.update(f"{p.path}\0".encode())
@@ -123,7 +127,7 @@ def text_vectors_file(text_tower) -> str:
 
 def compute_features(
     pairs: Sequence[Pair], texts: Sequence[str], bridge, aug: AugmentConfig, *, cache: Path, seed: int = 0,
-    batch_size: int = 64, num_workers: int = 2, progress: bool = True, cut_layers: int = 0,
+    batch_size: int = 64, num_workers: int = 2, progress: bool = True, cut_layers: int = 0, precision: str = "fp32",
 ) -> Features:
     """Tower outputs for every (pair, view) and every text; cached by a hash of all inputs.
 
@@ -131,11 +135,12 @@ def compute_features(
     (`cut-<layers>.npy`, text_vectors_file()): a locked and an unlocked run, or runs with two text
     towers, on the same data share pooled features and thumbnails.
     """
-    folder = cache / "features" / cache_key(pairs, aug, texts, seed, bridge.name, bridge.preprocess.trim)
+    folder = cache / "features" / cache_key(pairs, aug, texts, seed, bridge.name, bridge.preprocess.trim, precision)
     text_file = text_vectors_file(bridge.text_tower)
     done = (folder / "done.json").exists()
     if not done or (cut_layers and not (folder / _cut_file(cut_layers)).is_file()):
-        _image_features(pairs, texts, bridge, aug, folder, seed, batch_size, num_workers, progress, cut_layers)
+        _image_features(pairs, texts, bridge, aug, folder, seed, batch_size, num_workers, progress, cut_layers,
+                        precision)
     if not (folder / text_file).is_file():  # its own atomic file, like the cut
         write_npy(folder / text_file, _encode_texts(bridge.text_tower, texts, progress))
     return _load(folder, text_file, cut_layers)
@@ -154,9 +159,10 @@ def _encode_texts(text_tower, texts: Sequence[str], progress: bool, chunk: int =
 
 def _image_features(
     pairs: Sequence[Pair], texts: Sequence[str], bridge, aug: AugmentConfig, folder: Path, seed: int,
-    batch_size: int, num_workers: int, progress: bool, cut_layers: int,
+    batch_size: int, num_workers: int, progress: bool, cut_layers: int, precision: str = "fp32",
 ) -> None:
-    """Pooled features, thumbnails and (with cut_layers) the feature map at the cut, for every view."""
+    """Pooled features, thumbnails and (with cut_layers) the feature map at the cut, for every view;
+    the tower runs at `precision` (embedding_autocast), the rest in fp32."""
     done = (folder / "done.json").exists()
     n, v = len(pairs), aug.views
     pooled = np.zeros((n * v, 1280), np.float16)
@@ -171,11 +177,12 @@ def _image_features(
         for rows, pixels in loader:
             if pixels is not None:
                 x = bridge.preprocess.normalize(pixels.to(bridge.device))
-                c, p, _ = bridge.split_features(x, cut_layers)
+                with embedding_autocast(bridge.device, precision):
+                    c, p, _ = bridge.split_features(x, cut_layers)
                 if c is not None:
                     if cut is None:  # its shape is known once the tower has run
                         cut = np.zeros((n * v, *c.shape[1:]), np.float16)
-                    cut[rows] = c.cpu().numpy()
+                    cut[rows] = c.float().cpu().numpy()
                 pooled[rows], ok[rows] = p.cpu().numpy(), True
                 thumbs[rows] = colour_thumbnail(x).cpu().numpy()
             bar.update(min(batch_size, bar.total - bar.n))

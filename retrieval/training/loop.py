@@ -68,7 +68,7 @@ def _run_hash(config: TrainConfig, data_key: str) -> str:
     trained on other data, e.g. before a corpus or caption change, is refused rather than resumed.
     """
     # query_expansion is read after training (the support set): changing it does not retrain the heads
-    skip = ("out", "num_workers", "feature_batch_size", "query_expansion")
+    skip = ("out", "num_workers", "feature_batch_size", "feature_precision", "query_expansion")  # data_key has it
     obj = {k: v for k, v in config.to_json().items() if k not in skip}
     obj["unlock"].pop("precision")  # how the unlocked layers compute, like the device: not what they learn from
     obj["data"] = data_key
@@ -298,7 +298,7 @@ def train(config: TrainConfig, bridge, *, cache: Path, progress: bool = True) ->
     texts, per_pair = caption_table(pairs, config.templates)
     feats = compute_features(pairs, texts, bridge, config.augment, cache=cache, seed=config.seed,
                              batch_size=config.feature_batch_size, num_workers=config.num_workers, progress=progress,
-                             cut_layers=config.unlock.layers)
+                             cut_layers=config.unlock.layers, precision=config.feature_precision)
     run = _Run(feats, pairs, per_pair, bridge)
     h = _run_hash(config, feats.key)
     n = len(run.keys)
