@@ -290,3 +290,20 @@ def test_query_expansion_adds_the_look_of_the_support_keys_a_query_names(tmp_pat
     gain = (xt @ xi.T) * norms[:, None] - xt0 @ xi.T
     for r, i in enumerate(own):
         assert gain[r, i] > np.delete(gain[r], i).max()
+
+
+def test_heads_that_do_not_fit_their_head_json_are_refused_clearly(tmp_path) -> None:
+    """mpnet-wide heads under a head.json that names no text tower (so MiniLM): a clear error, not torch's dump."""
+    import json
+
+    from retrieval.training.config import HeadConfig
+    from retrieval.training.model import AlignedHeads, load_heads, save_heads
+
+    save_heads(AlignedHeads(HeadConfig(hidden=0), text_dim=768), tmp_path, {"train": {"text_tower": "mpnet-base"}})
+    heads, _ = load_heads(tmp_path)
+    assert heads.image_head[-1].weight.shape[0] == 768
+    meta = json.loads((tmp_path / "head.json").read_text())
+    del meta["train"]["text_tower"]
+    (tmp_path / "head.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"head.safetensors does not fit head.json .*text tower minilm-l6 \(384-d\)"):
+        load_heads(tmp_path)

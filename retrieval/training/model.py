@@ -209,5 +209,12 @@ def load_heads(
         for m in singles:
             m.attach_tail(tail(layers))
     heads = singles[0] if members == 1 else HeadEnsemble(singles)
-    heads.load_state_dict({k: v.float() for k, v in load_file(str(folder / WEIGHTS)).items()})
+    saved, expected = load_file(str(folder / WEIGHTS)), heads.state_dict()
+    wrong = [k for k, v in saved.items() if k in expected and v.shape != expected[k].shape]
+    if wrong:  # e.g. a head.json edited or copied from another run: say so, not a torch size-mismatch dump
+        k = wrong[0]
+        raise ValueError(f"{folder}: {WEIGHTS} does not fit {CONFIG} ({len(wrong)} tensors differ, e.g. {k}: "
+                         f"{tuple(saved[k].shape)} on disk, {tuple(expected[k].shape)} for head {asdict(config)}, "
+                         f"text tower {meta.get('train', {}).get('text_tower', DEFAULT_TEXT_TOWER)} ({dim}-d))")
+    heads.load_state_dict({k: v.float() for k, v in saved.items()})
     return heads.to(device).eval(), meta
