@@ -28,7 +28,7 @@ from indexing.decode import DecodeError, DecodeLimits, decode_image
 from indexing.sources import Item, read_item_bytes, source_fingerprint
 from indexing.store import REJECT_SCHEMA, chunk_paths, item_table, read_job
 from retrieval.encoders.base import Encoder, ImagePreprocess
-from retrieval.encoders.precision import EMBED_PRECISIONS, embedding_autocast
+from retrieval.encoders.precision import check_embed_precision, embedding_autocast
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,7 @@ class EmbedConfig:
     def __post_init__(self) -> None:
         if self.storage_dtype not in ("float16", "float32"):
             raise ValueError(f"storage dtype must be float16 or float32, got {self.storage_dtype!r}")
-        if self.precision not in EMBED_PRECISIONS:
-            raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
+        check_embed_precision(self.precision)
         if self.batch_size < 1 or self.chunk_size < 1 or self.num_workers < 0:
             raise ValueError("batch_size and chunk_size must be >= 1 and num_workers >= 0")
 

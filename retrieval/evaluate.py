@@ -24,7 +24,7 @@ import numpy as np
 from indexing.decode import DecodeError, decode_image
 from indexing.sources import Item, read_item_bytes
 from retrieval.encoders.base import Encoder
-from retrieval.encoders.precision import EMBED_PRECISIONS, embedding_autocast
+from retrieval.encoders.precision import check_embed_precision, embedding_autocast
 from retrieval.training.data import Pair, load_pairs
 
 KS = (1, 5, 10)
@@ -176,8 +176,7 @@ class EvalPlan:
     precision: str = "fp32"  # images embedded as `retr index build --precision` would (texts: fp32)
 
     def __post_init__(self) -> None:
-        if self.precision not in EMBED_PRECISIONS:
-            raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
+        check_embed_precision(self.precision)
 
 
 def evaluate(encoder: Encoder, plan: EvalPlan, *, progress: bool = False) -> EvalResult:

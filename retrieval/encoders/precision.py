@@ -36,12 +36,17 @@ def autocast_dtype(precision: str, device: str | torch.device) -> torch.dtype | 
     return None
 
 
+def check_embed_precision(precision: str) -> None:
+    """The one check of an image-embedding precision (index builds, evaluation, autocast)."""
+    if precision not in EMBED_PRECISIONS:
+        raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+
+
 def embedding_autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
     """How images are embedded at `precision`: fp16 autocasts on CUDA only (a CPU runs it in fp32);
     bf16 on CUDA and CPUs alike (on a CPU with AVX512-BF16 about twice fp32's images/s for
     retr:default, bench/bench_embed_precision.py; emulated and slower elsewhere)."""
-    if precision not in EMBED_PRECISIONS:
-        raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+    check_embed_precision(precision)
     kind = torch.device(device).type
     if precision == "fp32" or (precision == "fp16" and kind != "cuda"):
         return contextlib.nullcontext()
