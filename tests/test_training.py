@@ -342,7 +342,7 @@ def test_config_files_parse_and_name_known_corpora() -> None:
     known = {c.name for c in list_corpora(manifest_dir())}
     paths = sorted((Path(__file__).resolve().parent.parent / "retrieval" / "training" / "configs").glob("*.json"))
     assert [p.name for p in paths] == [
-        "default.json", "more-styles.json", "mpnet.json", "trim-mpnet.json", "trim.json", "unlock.json"]
+        "default.json", "minilm.json", "more-styles.json", "mpnet.json", "trim.json", "unlock.json"]
     for path in paths:
         config = read_config(path)
         assert json.loads(path.read_text())["corpora"] == list(config.corpora)

@@ -139,8 +139,14 @@ _BRIDGE_SPECS = {
 }
 
 
-# The committed default: heads trained by `retr train --config configs/default.json` (see its MODEL_CARD.md).
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
+# Committed heads, loadable as retr:NAME (each folder has its MODEL_CARD.md): `default`, trained by
+# `retr train --config configs/default.json`, and `minilm`, the lighter MiniLM model (configs/minilm.json)
+# that was the default before it.
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+COMMITTED = {
+    "default": "{image} + {text}, locked, aligned on icon/flag data with trained heads (LiT)",
+    "minilm": "{image} + {text}, the lighter previous default: no 400 MB download, 1024-d vectors",
+}
 
 
 def packed_dim(meta: dict) -> int:
@@ -264,9 +270,10 @@ def _missing(tower: str = IMAGE_TOWERS[0], text_tower: str = DEFAULT_TEXT_TOWER)
 
 
 def load(rest: str, device: str) -> Encoder:
-    """`imagenet-bridge[-lite1|-lite2]`, `default`, or the folder of a run trained with `retr train`."""
+    """`imagenet-bridge[-lite1|-lite2]`, a committed checkpoint (`default`, `minilm`), or the folder of a run
+    trained with `retr train`."""
     bridges = {spec.removeprefix("retr:"): tower for tower, spec in _BRIDGE_SPECS.items()}
-    folder = DEFAULT_CHECKPOINT if rest == "default" else Path(rest)
+    folder = CHECKPOINTS / rest if rest in COMMITTED else Path(rest)
     text_tower = DEFAULT_TEXT_TOWER
     if rest in bridges:
         tower = bridges[rest]
@@ -285,20 +292,20 @@ def load(rest: str, device: str) -> Encoder:
 
 
 def models() -> list[ModelInfo]:
-    has_default = (DEFAULT_CHECKPOINT / "head.safetensors").is_file()
-    meta = json.loads((DEFAULT_CHECKPOINT / "head.json").read_text()) if has_default else {}
-    default_dim = packed_dim(meta) if has_default else None
-    default_tower, default_text = _tower_of(meta), _text_tower_of(meta)
-    missing = ", ".join(_missing(default_tower, default_text))
-    out = [
-        ModelInfo(
-            spec="retr:default",
-            dim=default_dim,
-            available=not missing and has_default,
-            needs=missing or ("" if has_default else f"the committed checkpoint in {DEFAULT_CHECKPOINT}"),
-            description=f"{default_tower} + {default_text}, locked, aligned on icon/flag data with trained heads (LiT)",
-        )
-    ]
+    out = []
+    for name, description in COMMITTED.items():
+        folder = CHECKPOINTS / name
+        present = (folder / "head.safetensors").is_file()
+        meta = json.loads((folder / "head.json").read_text()) if present else {}
+        image, text = _tower_of(meta), _text_tower_of(meta)
+        missing = ", ".join(_missing(image, text))
+        out.append(ModelInfo(
+            spec=f"retr:{name}",
+            dim=packed_dim(meta) if present else None,
+            available=not missing and present,
+            needs=missing or ("" if present else f"the committed checkpoint in {folder}"),
+            description=description.format(image=image, text=text),
+        ))
     for tower, spec in _BRIDGE_SPECS.items():
         missing = ", ".join(_missing(tower))
         floor = "; no training (baseline)" if tower == IMAGE_TOWERS[0] else "; no training"
