@@ -40,7 +40,8 @@ from retrieval.training.support import SUPPORT_META, SUPPORT_WEIGHTS, expansion,
 def cached_text_vectors(text_tower: TextTower, texts: Sequence[str], tag: str) -> np.ndarray:
     """Text tower vectors of a fixed list of strings, cached under $RETR_CACHE/assets by a hash of the list.
 
-    Each distinct string is encoded once: the support set's 26,089 captions hold 10,852 distinct ones.
+    Each distinct string is encoded once: the support set's 26,089 captions hold 10,852 distinct ones
+    (a bar on stderr for long lists: mpnet takes about a minute for those).
     """
     key = hashlib.sha256("\0".join([text_tower.vectors_id, *texts]).encode()).hexdigest()[:20]
     path = cache_dir() / "assets" / f"{tag}-{key}.npy"
@@ -48,7 +49,8 @@ def cached_text_vectors(text_tower: TextTower, texts: Sequence[str], tag: str) -
         return np.load(path)
     distinct = list(dict.fromkeys(texts))
     row = {t: i for i, t in enumerate(distinct)}
-    vectors = text_tower.encode(distinct)[[row[t] for t in texts]]
+    desc = f"{tag}, once ({text_tower.spec.name})"
+    vectors = text_tower.encode_with_progress(distinct, desc, progress=len(distinct) > 2000)[[row[t] for t in texts]]
     write_npy(path, vectors)
     return vectors
 

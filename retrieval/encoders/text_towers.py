@@ -101,3 +101,17 @@ class TextTower:
             )
         out = out.astype(np.float32, copy=False)  # bf16 rows are normalised again in fp32
         return out / np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-12) if self.bf16 else out
+
+    def encode_with_progress(
+        self, texts: Sequence[str], desc: str, progress: bool = True, chunk: int = 4096
+    ) -> np.ndarray:
+        """`encode` for long lists, in chunks so that a bar (captions/s) moves: mpnet takes ~1 min for
+        10k captions on 2 CPU cores."""
+        from tqdm import tqdm
+
+        out = [np.zeros((0, self.dim), np.float32)]
+        with tqdm(total=len(texts), unit="caption", desc=desc, disable=not progress) as bar:
+            for start in range(0, len(texts), chunk):
+                out.append(self.encode(texts[start:start + chunk]))
+                bar.update(len(out[-1]))
+        return np.concatenate(out)

@@ -142,19 +142,9 @@ def compute_features(
         _image_features(pairs, texts, bridge, aug, folder, seed, batch_size, num_workers, progress, cut_layers,
                         precision)
     if not (folder / text_file).is_file():  # its own atomic file, like the cut
-        write_npy(folder / text_file, _encode_texts(bridge.text_tower, texts, progress))
+        tower = bridge.text_tower
+        write_npy(folder / text_file, tower.encode_with_progress(texts, f"text features ({tower.spec.name})", progress))
     return _load(folder, text_file, cut_layers)
-
-
-def _encode_texts(text_tower, texts: Sequence[str], progress: bool, chunk: int = 4096) -> np.ndarray:
-    """The tower's vectors of every caption string, in chunks so that the bar moves (mpnet: ~5 min)."""
-    out = [np.zeros((0, text_tower.dim), np.float32)]
-    desc = f"text features ({text_tower.spec.name})"
-    with tqdm(total=len(texts), unit="caption", desc=desc, disable=not progress) as bar:
-        for start in range(0, len(texts), chunk):
-            out.append(text_tower.encode(texts[start:start + chunk]))
-            bar.update(len(out[-1]))
-    return np.concatenate(out)
 
 
 def _image_features(
