@@ -110,6 +110,18 @@ def test_registry_lists_families_and_rejects_bad_specs() -> None:
     assert res.exit_code == 0 and "retr:imagenet-bridge" in res.output
 
 
+@pytest.mark.slow
+def test_models_prepare_does_the_first_use_work_ahead(tmp_path, monkeypatch) -> None:
+    """`retr models prepare SPEC` leaves the cache holding what SPEC's first load would write."""
+    monkeypatch.setenv("RETR_CACHE", str(tmp_path))
+    res = CliRunner().invoke(cli.app, ["models", "prepare", "retr:imagenet-bridge"])
+    assert res.exit_code == 0, res.output
+    assert "ready retr:imagenet-bridge: 384-d vectors" in res.output
+    assert len(list((tmp_path / "assets").glob("bridge-prompts-*.npy"))) == 1  # the class prompts' vectors
+    res = CliRunner().invoke(cli.app, ["models", "prepare", "retr:nope"])
+    assert res.exit_code == 2 and "unknown retr model 'nope'" in res.output
+
+
 def _swatch_colour_words(encoder) -> tuple[list[str], str]:
     """(per swatch, the best of four "X heart" captions; the swatch "blue heart" ranks first)."""
     colours = ("red", "blue", "green", "yellow")
