@@ -3,7 +3,7 @@
     python bench/bench_model_load.py [--models retr:default retr:minilm] [--queries 256] [--repeats 2]
 
 Each model is timed in fresh Python processes (imports count, as in `retr search`) against a scratch
-`$RETR_CACHE` that shares the real cache's corpora, models and pinned wheels but starts without the
+`$RETR_CACHE` that shares the real cache's corpora, joined models and pinned wheels but starts without the
 cached text vectors (`assets/*.npy`: the bridge's class prompts and the support captions of query
 expansion). The first process pays for encoding them, the later ones read them. Each process loads
 the model (`load_encoder`), encodes 8 warm-up queries, then `--queries` short queries in one call.
@@ -51,7 +51,7 @@ print(json.dumps({"load_s": t1 - t0, "queries_s": t3 - t2}))
 
 def scratch_cache(real: Path, into: Path) -> Path:
     """A cache that links REAL's folders and pinned files but none of its cached text vectors."""
-    for name in ("corpora", "models", "features"):
+    for name in ("corpora", "models"):
         if (real / name).exists():
             (into / name).symlink_to(real / name)
     (into / "assets").mkdir()
@@ -66,6 +66,10 @@ def run_once(spec: str, cache: Path, n_queries: int) -> dict:
     out = subprocess.run([sys.executable, "-c", CHILD, spec, str(n_queries)], env=env, check=True,
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def mean(runs: list[dict], key: str) -> float:
+    return sum(r[key] for r in runs) / len(runs)
 
 
 def main() -> None:
@@ -83,14 +87,14 @@ def main() -> None:
             first = run_once(spec, cache, args.queries)
             later = [run_once(spec, cache, args.queries) for _ in range(args.repeats)]
         rows[spec] = (first, later)
-    print(f"{'model':14s} {'first load s':>12s}   {'later loads s':>14s}   queries s ({args.queries})")
+    width = max(len("model"), *map(len, rows))
+    print(f"{'model':{width}s} {'first load s':>12s}   {'later loads s':>14s}   queries s ({args.queries})")
     for spec, (first, later) in rows.items():
         loads = ", ".join(f"{r['load_s']:.1f}" for r in later)
         queries = ", ".join(f"{r['queries_s']:.2f}" for r in later)
-        print(f"{spec:14s} {first['load_s']:12.1f}   {loads:>14s}   {queries}")
+        print(f"{spec:{width}s} {first['load_s']:12.1f}   {loads:>14s}   {queries}")
     if len(rows) > 1:
-        base, (b_first, b_later) = next(reversed(rows.items()))
-        mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
+        base, (_, b_later) = next(reversed(rows.items()))
         for spec, (_, later) in list(rows.items())[:-1]:
             print(f"{spec}: later load ÷ {base}'s: {mean(later, 'load_s') / mean(b_later, 'load_s'):.2f}   "
                   f"queries ÷ {base}'s: {mean(later, 'queries_s') / mean(b_later, 'queries_s'):.2f}")

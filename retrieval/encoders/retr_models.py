@@ -147,7 +147,7 @@ _BRIDGE_SPECS = {
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 COMMITTED = {
     "default": "{image} + {text}, locked, aligned on icon/flag data with trained heads (LiT)",
-    "minilm": "{image} + {text}, the lighter previous default: no 400 MB download, 1024-d vectors",
+    "minilm": "{image} + {text}, the lighter previous default: nothing to fetch on first use",
 }
 
 
