@@ -42,6 +42,7 @@ from indexing.atomic import atomic_path
 from indexing.cache import cache_dir
 from indexing.decode import DecodeError, DecodeLimits, decode_image
 from retrieval.encoders.towers import EfficientNetLite
+from retrieval.evaluate import recall_at
 from retrieval.training.data import load_pairs
 
 STYLES = (
@@ -200,7 +201,7 @@ def test_vectors(model: StyleTower, images: StyleImages, size: int) -> tuple[np.
 def recall_at_1(kq: np.ndarray, xq: np.ndarray, kg: np.ndarray, xg: np.ndarray) -> float:
     """Share of queries whose nearest gallery drawing has their key (queries without one are left out)."""
     keep = np.isin(kq, kg)
-    return float(np.mean(kg[(xq[keep] @ xg.T).argmax(1)] == kq[keep]))
+    return recall_at(xq[keep] @ xg.T, kq[keep][:, None] == kg[None, :], ks=(1,))[1]
 
 
 def main() -> None:
