@@ -59,6 +59,8 @@ STYLES = (
 )
 QUERY, GALLERIES = "emoji-google", ("emoji-twitter", "openmoji")
 SIDE = 128  # cached side; the tower sees --size
+KEYS_PER_BATCH = 48  # each with 2 styles, so 96 images a step
+LOG_EVERY = 36  # steps between progress lines (about one pass over all multi-style keys)
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,7 @@ def supcon(z: torch.Tensor, labels: torch.Tensor, tau: float = 0.1) -> torch.Ten
 
 
 def train(images: StyleImages, keys: list[str], size: int, steps: int, seed: int) -> tuple[StyleTower, float]:
-    """Fine-tune on KEYS for STEPS steps of 48 keys x 2 styles; returns the model and its last 20 steps' loss."""
+    """Fine-tune on KEYS for STEPS steps of KEYS_PER_BATCH keys x 2 styles -> (model, last 20 steps' mean loss)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train_rows = np.flatnonzero(images.split == "train")
@@ -169,20 +171,20 @@ def train(images: StyleImages, keys: list[str], size: int, steps: int, seed: int
     model.tower.eval()  # BatchNorm keeps ImageNet's statistics
     losses, order, start = [], np.array([], int), time.perf_counter()
     for step in range(steps):
-        if len(order) < 48:
+        if len(order) < KEYS_PER_BATCH:
             order = np.concatenate([order, rng.permutation(len(keys))])
-        batch, order = order[:48], order[48:]
+        batch, order = order[:KEYS_PER_BATCH], order[KEYS_PER_BATCH:]
         idx = np.concatenate([rng.choice(rows[keys[b]], size=2, replace=False) for b in batch])
         _, z = model(augment(images, idx, size, rng))
-        loss = supcon(F.normalize(z, dim=-1), torch.arange(48).repeat_interleave(2))
+        loss = supcon(F.normalize(z, dim=-1), torch.arange(KEYS_PER_BATCH).repeat_interleave(2))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         losses.append(loss.item())
-        if (step + 1) % 36 == 0:
-            rate = (step + 1) * 96 / (time.perf_counter() - start)
-            print(f"  step {step + 1}/{steps}  loss {np.mean(losses[-36:]):.3f}  {rate:.0f} img/s", flush=True)
+        if (step + 1) % LOG_EVERY == 0:
+            rate = (step + 1) * 2 * KEYS_PER_BATCH / (time.perf_counter() - start)
+            print(f"  step {step + 1}/{steps}  loss {np.mean(losses[-LOG_EVERY:]):.3f}  {rate:.0f} img/s", flush=True)
     return model, float(np.mean(losses[-20:]))
 
 
