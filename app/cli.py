@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -12,11 +13,13 @@ import pyarrow.parquet as pq
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from indexing import build as build_mod
 from indexing import resolve
 from indexing.choose import parse_memory
 from indexing.embed import EmbedConfig
+from indexing.lock import check_unlocked
 from indexing.manifest import model_mismatch, read_manifest
 from indexing.sources import ManifestColumns
 from retrieval import search as search_mod
@@ -30,11 +33,22 @@ models_app = typer.Typer(help="The encoder registry.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
-err = Console(stderr=True, soft_wrap=True)  # never wrap paths or messages mid-word
+# Captions, paths, queries and error text come from data and users: the consoles interpret no markup
+# or :emoji: codes in them, and styles are applied as Text spans (see _say), never by formatting strings.
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False)  # never wrap mid-word
+
+
+def _out() -> Console:
+    return Console(markup=False, emoji=False, highlight=False)
+
+
+def _say(*parts: str | tuple[str, str]) -> None:
+    """Print to stderr: plain strings literally, (text, style) pairs styled."""
+    err.print(Text.assemble(*parts))
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
+    _say(("error:", "red"), " ", message)
     return typer.Exit(code=2)
 
 
@@ -73,18 +87,25 @@ def _index_config(
 
 def _report(report: build_mod.BuildReport, verb: str) -> None:
     m, e = report.manifest, report.embed
-    err.print(
-        f"[green]{verb}[/green] {m.n_items} items · model {m.model} · image index {m.image.factory} "
+    captions = f" · {m.n_captions} captions" if m.n_captions > m.n_items else ""
+    _say(
+        (verb, "green"),
+        f" {m.n_items} items{captions} · model {m.model} · image index {m.image.factory} "
         f"({len(m.image.shards)} shards, {m.image.search_param or 'exact'}={m.image.search_value or '-'}, "
-        f"recall@{m.image.recall_k}={m.image.measured_recall:.3f}) · {report.seconds:.1f}s"
+        f"recall@{m.image.recall_k}={m.image.measured_recall:.3f}) · {report.seconds:.1f}s",
     )
     if e.n_chunks_resumed:
-        err.print(f"resumed: {e.n_chunks_resumed}/{e.n_chunks} chunks were already embedded")
+        _say(f"resumed: {e.n_chunks_resumed}/{e.n_chunks} chunks were already embedded")
     if m.n_rejected:
         rejects = pq.read_table(report.rejects_path).to_pylist()
-        err.print(f"[yellow]{m.n_rejected} items rejected[/yellow] (all listed in {report.rejects_path}):")
+        _say((f"{m.n_rejected} items rejected", "yellow"), f" (all listed in {report.rejects_path}):")
         for r in rejects[:10]:
-            err.print(f"  {r['path']}: {r['reason']} — {r['message']}")
+            _say(f"  {r['path']}: {r['reason']} — {r['message']}")
+
+
+def _notes(listing: resolve.Listing) -> None:
+    for note in listing.notes:
+        _say(("note:", "cyan"), " ", note)
 
 
 Shards = Annotated[int, typer.Option(help="Number of index shards (built independently, searched together).")]
@@ -128,14 +149,17 @@ def index_build(
         config = _index_config(
             shards, max_memory, target_recall, device, batch_size, workers, chunk_size, storage_dtype, precision
         )
-        items = resolve.resolve_items(source, ManifestColumns(image_column, caption_column), progress=not quiet)
+        check_unlocked(out, action="build")
+        listing = resolve.resolve_source(source, ManifestColumns(image_column, caption_column), progress=not quiet)
+        _notes(listing)
+        items = listing.items
         encoder = _load_encoder(model, device)
         if replace_stale and (out / "index.json").exists():
             why = model_mismatch(read_manifest(out), encoder)
             if why is None:
-                err.print(f"{out} is up to date with {encoder.name}; kept")
+                _say(f"{out} is up to date with {encoder.name}; kept")
                 return
-            err.print(f"rebuilding {out}: {why}")
+            _say(f"rebuilding {out}: {why}")
             shutil.rmtree(out)
         report = build_mod.build_index(items, out, encoder, config, source=source, progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
@@ -158,13 +182,15 @@ def index_add(
     try:
         manifest = read_manifest(index)
         config = build_mod.IndexConfig(device=device, embed=EmbedConfig(batch_size=batch_size, num_workers=workers))
-        items = resolve.resolve_items(source, ManifestColumns(image_column, caption_column), progress=not quiet)
+        check_unlocked(index, action="add to")
+        listing = resolve.resolve_source(source, ManifestColumns(image_column, caption_column), progress=not quiet)
+        _notes(listing)
         encoder = _load_encoder(manifest.model, device)
-        report = build_mod.add_to_index(items, index, encoder, config, progress=not quiet)
+        report = build_mod.add_to_index(listing.items, index, encoder, config, progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
         raise _fail(str(e)) from e
     if report.embed.n_items == 0:
-        err.print("nothing to add: every item of the source is already indexed")
+        _say("nothing to add: every item of the source is already indexed")
     _report(report, "added to")
 
 
@@ -180,26 +206,71 @@ def index_info(index: Annotated[Path, typer.Argument(help="Index folder.")]) -> 
     typer.echo(json.dumps(manifest.to_json(), indent=2))
 
 
-def _read_queries(path: Path) -> list[search_mod.Query]:
-    queries = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            queries.append(search_mod.Query(text=obj.get("text"), image=obj.get("image"), image_id=obj.get("image_id")))
-        except (json.JSONDecodeError, ValueError, AttributeError) as e:
-            raise ValueError(f'{path}:{n}: expected {{"text": ...}} or {{"image": ...}} per line ({e})') from e
-    return queries
+@dataclass(frozen=True)
+class _QueryLine:
+    """One line of a --queries file: a query, or why that line is not one."""
+
+    line: int
+    query: search_mod.Query | None = None
+    error: str | None = None
+
+    def error_json(self) -> dict:
+        return {"line": self.line, "error": self.error}
+
+
+def _parse_query_line(path: Path, n: int, raw: bytes) -> _QueryLine:
+    where = f"{path}:{n}"
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return _QueryLine(n, error=f"{where}: not UTF-8 text")
+    except json.JSONDecodeError as e:
+        return _QueryLine(n, error=f"{where}: not JSON ({e.msg} at column {e.colno})")
+    if not isinstance(obj, dict):
+        return _QueryLine(n, error=f'{where}: expected an object like {{"text": ...}}, got {type(obj).__name__}')
+    unknown = sorted(set(obj) - {"text", "image", "image_id"})
+    if unknown:
+        return _QueryLine(n, error=f"{where}: unknown keys {unknown}; a query has one of text, image, image_id")
+    try:
+        query = search_mod.Query(text=obj.get("text"), image=obj.get("image"), image_id=obj.get("image_id"))
+    except ValueError as e:
+        return _QueryLine(n, error=f"{where}: {e}")
+    return _QueryLine(n, query)
+
+
+def _read_queries(path: Path) -> list[_QueryLine]:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read queries file {path}: {e.strerror or e}") from e
+    return [_parse_query_line(path, n, raw) for n, raw in enumerate(data.splitlines(), 1) if raw.strip()]
+
+
+def _run_queries(
+    idx: search_mod.RetrievalIndex, path: Path, lines: list[_QueryLine], **kw
+) -> list[_QueryLine | search_mod.SearchResult]:
+    """Results in line order. One batch when every query runs; if one fails (an unreadable query
+    image, an unknown id), each runs alone so the others still get their results."""
+    good = [q for q in lines if q.query is not None]
+    try:
+        done = dict(zip((q.line for q in good), idx.search_batch([q.query for q in good], **kw), strict=True))
+    except ValueError:
+        done = {}
+        for q in good:
+            try:
+                done[q.line] = idx.search_batch([q.query], **kw)[0]
+            except ValueError as e:
+                done[q.line] = _QueryLine(q.line, error=f"{path}:{q.line}: {e}")
+    return [done.get(q.line, q) for q in lines]
 
 
 def _print_table(result: search_mod.SearchResult) -> None:
-    table = Table(title=json.dumps(result.query.to_json()))
+    table = Table(title=Text(json.dumps(result.query.to_json(), ensure_ascii=False)))
     for col in ("rank", "id", "score", "caption", "path"):
         table.add_column(col)
     for rank, h in enumerate(result.results, 1):
-        table.add_row(str(rank), str(h.id), f"{h.score:.3f}", h.caption or "", h.path)
-    Console().print(table)
+        table.add_row(str(rank), str(h.id), f"{h.score:.3f}", Text(h.caption or ""), Text(h.path))
+    _out().print(table)
 
 
 @app.command("search")
@@ -208,9 +279,12 @@ def search(
     text: Annotated[str | None, typer.Option(help="Text query (text→image).")] = None,
     image: Annotated[Path | None, typer.Option(help="Query image file (image→image).")] = None,
     image_id: Annotated[int | None, typer.Option(help="Id of an indexed image (image→image).")] = None,
-    queries: Annotated[Path | None, typer.Option(help="JSONL file of queries; one JSON result line each.")] = None,
-    k: Annotated[int, typer.Option("-k", "--k", help="Results per query.")] = 10,
-    where: Annotated[str | None, typer.Option(help="SQL filter on metadata, e.g. \"split = 'test'\".")] = None,
+    queries: Annotated[Path | None, typer.Option(
+        help="JSONL file of queries; one JSON result line each, or {\"line\", \"error\"} for a bad line "
+             "(exit 1 if any).")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Results per query (more than the index holds: all).")] = 10,
+    where: Annotated[str | None, typer.Option(
+        help="Metadata filter, e.g. \"split = 'test' AND caption LIKE '%cat%'\" (docs/filters.md).")] = None,
     target: Annotated[str, typer.Option(help="image (find images) or text (image→text: find captions).")] = "image",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -219,21 +293,32 @@ def search(
         if queries is not None:
             if any(x is not None for x in (text, image, image_id)):
                 raise ValueError("--queries cannot be combined with --text/--image/--image-id")
-            batch = _read_queries(queries)
+            lines = _read_queries(queries)
         else:
-            batch = [search_mod.Query(text=text, image=str(image) if image else None, image_id=image_id)]
+            query = search_mod.Query(text=text, image=str(image) if image else None, image_id=image_id)
+            lines = [_QueryLine(1, query)]
         idx = search_mod.open_index(index)
         try:
-            results = idx.search_batch(batch, k=k, where=where, target=target)
+            if queries is None:
+                results = idx.search_batch([lines[0].query], k=k, where=where, target=target)
+            else:
+                results = _run_queries(idx, queries, lines, k=k, where=where, target=target)
         finally:
             idx.close()
     except (ValueError, FileNotFoundError) as e:
         raise _fail(str(e)) from e
+    failed = 0
     for r in results:
-        if as_json or queries is not None:
-            typer.echo(json.dumps(r.to_json()))
+        if isinstance(r, _QueryLine):
+            failed += 1
+            typer.echo(json.dumps(r.error_json(), ensure_ascii=False))
+        elif as_json or queries is not None:
+            typer.echo(json.dumps(r.to_json(), ensure_ascii=False))
         else:
             _print_table(r)
+    if failed:
+        _say(("error:", "red"), f" {failed} of {len(results)} queries failed (their lines say why)")
+        raise typer.Exit(code=1)
 
 
 @app.command("train")
@@ -256,9 +341,10 @@ def train_cmd(
         report = train(cfg, bridge, cache=cache_dir(), progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
         raise _fail(str(e)) from e
-    err.print(
-        f"[green]trained[/green] {report.out} · {report.n_pairs} pairs, {report.n_texts} caption strings · "
-        f"loss {report.first_loss:.3f} → {report.last_loss:.3f} · {report.seconds:.0f}s"
+    _say(
+        ("trained", "green"),
+        f" {report.out} · {report.n_pairs} pairs, {report.n_texts} caption strings · "
+        f"loss {report.first_loss:.3f} → {report.last_loss:.3f} · {report.seconds:.0f}s",
     )
     typer.echo(f"retr:{report.out}")
 
@@ -287,7 +373,7 @@ def _print_eval(results: dict[str, dict[str, dict[str, float]]]) -> None:
             values = [results[s][section][metric] for s in results]
             cells = [str(v) if isinstance(v, int) else f"{v:.3f}" for v in values]
             table.add_row(section, metric, *cells)
-    Console().print(table)
+    _out().print(table)
 
 
 @app.command("eval")
@@ -329,7 +415,7 @@ def eval_cmd(
                 for section, examples in result.examples.items():
                     path = sheet / _slug(spec) / f"{_slug(section)}.png"
                     draw_sheet(examples, path, title=f"{spec} · {section} ({split} split)")
-                    err.print(f"sheet: {path}")
+                    _say(f"sheet: {path}")
     except (ValueError, FileNotFoundError) as e:
         raise _fail(str(e)) from e
     if as_json:
@@ -348,7 +434,7 @@ def data_fetch(name: Annotated[str, typer.Argument(help="Corpus name (see `retr 
         result = fetch_corpus(name, cache_dir=cache_dir(), manifest_dir=manifest_dir())
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise _fail(str(e)) from e
-    err.print(f"[green]fetched[/green] {name}: {result.n_items} items ({result.n_skipped} skipped)")
+    _say(("fetched", "green"), f" {name}: {result.n_items} items ({result.n_skipped} skipped)")
     typer.echo(str(result.manifest_path))
 
 
@@ -363,7 +449,7 @@ def data_list() -> None:
         table.add_column(col)
     for c in list_corpora(manifest_dir()):
         table.add_row(c.name, c.source, c.package, c.version, c.licence)
-    Console().print(table)
+    _out().print(table)
 
 
 @models_app.command("list")
@@ -376,7 +462,7 @@ def models_list() -> None:
         table.add_column(col)
     for m in list_models():
         table.add_row(m.spec, str(m.dim or "-"), "yes" if m.available else f"no ({m.needs})", m.description)
-    Console().print(table)
+    _out().print(table)
 
 
 @models_app.command("prepare")
@@ -393,7 +479,7 @@ def models_prepare(
         encoder.encode_texts(["a red heart"])  # it answers a query
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise _fail(str(e)) from e
-    err.print(f"[green]ready[/green] {spec}: {encoder.dim}-d vectors; its first-use files are in {cache_dir()}")
+    _say(("ready", "green"), f" {spec}: {encoder.dim}-d vectors; its first-use files are in {cache_dir()}")
 
 
 def main() -> None:

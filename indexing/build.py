@@ -7,6 +7,10 @@ OUT/shards/image-000.faiss …   image vectors, global ids
 OUT/shards/text-…              the same for caption vectors (image→text search)
 OUT/metadata.duckdb            item metadata for results and --where filters
 OUT/rejects.parquet            every item that could not be read or decoded, with its reason
+OUT/.writer.lock               held by the one build or add writing the folder (indexing.lock)
+
+The caption index holds one vector per caption (faiss ids = caption ids), so an image with five
+captions is embedded once and found through any of them.
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from indexing.atomic import write_parquet
 from indexing.choose import choose_index
 from indexing.embed import EmbedConfig, EmbedSummary, embed_items
 from indexing.faiss_build import add_to_clone, read_index, train_empty, write_index_atomic
+from indexing.lock import writer_lock
 from indexing.manifest import (
     IndexManifest,
     ShardInfo,
@@ -37,9 +41,15 @@ from indexing.manifest import (
     with_shards,
     write_manifest,
 )
-from indexing.metadata import MetadataStore, append_metadata, write_metadata
+from indexing.metadata import MetadataStore, SegmentRows, append_metadata, write_metadata
 from indexing.sources import Item
-from indexing.store import read_job, read_segment_meta, read_segment_rejects, read_segment_vectors
+from indexing.store import (
+    read_job,
+    read_segment_captions,
+    read_segment_meta,
+    read_segment_rejects,
+    read_segment_vectors,
+)
 from indexing.tune import apply_search_param, exact_knn, recall_at_k, tune_search_params
 from retrieval.encoders.base import Encoder
 
@@ -173,33 +183,45 @@ def _shard_groups(chunks: np.ndarray, n_shards: int) -> list[np.ndarray]:
     return [np.flatnonzero(np.isin(chunks, p)) for p in parts]
 
 
-def _text_rows(meta: pa.Table) -> np.ndarray:
-    caption = meta.column("caption")
-    return np.flatnonzero(pc.fill_null(pc.greater(pc.utf8_length(caption), 0), False).to_numpy(zero_copy_only=False))
+@dataclass(frozen=True)
+class _Segment:
+    """One committed-to-be segment read back from the store: items and image vectors, captions and
+    caption vectors."""
+
+    meta: pa.Table
+    xb: np.ndarray
+    captions: pa.Table
+    xt: np.ndarray
+
+    @staticmethod
+    def read(folder: Path) -> _Segment:
+        captions, xt = read_segment_captions(folder)
+        return _Segment(read_segment_meta(folder), read_segment_vectors(folder, "image"), captions, xt)
+
+    def rows(self, name: str) -> SegmentRows:
+        return SegmentRows(name, self.meta, self.captions)
+
+    def captioned_images(self) -> np.ndarray:
+        """Image vectors of the items that have a caption (the image→text tuning queries)."""
+        ids = self.meta.column("id").to_numpy()
+        return self.xb[np.flatnonzero(np.isin(ids, self.captions.column("id").to_numpy()))]
 
 
-def _collections(
-    index_dir: Path, meta: pa.Table, xb: np.ndarray, xt: np.ndarray, config: IndexConfig
-) -> tuple[VectorIndexInfo, VectorIndexInfo | None]:
-    ids = meta.column("id").to_numpy().astype(np.int64)
-    chunks = meta.column("chunk").to_numpy()
-    text_rows = _text_rows(meta)
+def _collections(index_dir: Path, seg: _Segment, config: IndexConfig) -> tuple[VectorIndexInfo, VectorIndexInfo | None]:
+    ids = seg.meta.column("id").to_numpy().astype(np.int64)
+    chunks = seg.meta.column("chunk").to_numpy()
     # Queries that look like real use: caption vectors (text→image) when the corpus has captions.
-    pool = xt[text_rows] if len(text_rows) else xb
+    pool = seg.xt if len(seg.xt) else seg.xb
     image = build_collection(
-        "image",
-        index_dir,
-        xb,
-        ids,
-        _shard_groups(chunks, config.shards),
-        _query_sample(pool, config.n_queries, 1),
-        config,
+        "image", index_dir, seg.xb, ids, _shard_groups(chunks, config.shards),
+        _query_sample(pool, config.n_queries, 1), config,
     )
     text = None
-    if len(text_rows):
-        xt_c, ids_t, chunks_t = xt[text_rows], ids[text_rows], chunks[text_rows]
-        xq = _query_sample(xb[text_rows], config.n_queries, 2)  # image→text queries
-        text = build_collection("text", index_dir, xt_c, ids_t, _shard_groups(chunks_t, config.shards), xq, config)
+    if seg.captions.num_rows:
+        cids = seg.captions.column("cid").to_numpy().astype(np.int64)
+        groups = _shard_groups(seg.captions.column("chunk").to_numpy(), config.shards)
+        xq = _query_sample(seg.captioned_images(), config.n_queries, 2)  # image→text queries
+        text = build_collection("text", index_dir, seg.xt, cids, groups, xq, config)
     return image, text
 
 
@@ -213,21 +235,29 @@ def build_index(
     progress: bool = True,
 ) -> BuildReport:
     """Embed `items` (resuming a killed run) and write a complete sharded index to `index_dir`."""
-    t0 = time.perf_counter()
     index_dir = Path(index_dir)
     if (index_dir / "index.json").exists():
         raise ValueError(f"{index_dir} already holds an index; use `retr index add` to grow it or pick another --out")
     if not items:
         raise ValueError("the source has no images")
-    seg = index_dir / "embeddings" / _segment_name(0)
-    summary = embed_items(items, seg, encoder, config.embed, start_id=0, progress=progress)
-    meta = read_segment_meta(seg)
-    if meta.num_rows == 0:
-        raise ValueError(f"none of the {len(items)} items could be decoded; see {seg} rejects")
-    xb, xt = read_segment_vectors(seg, "image"), read_segment_vectors(seg, "text")
-    image, text = _collections(index_dir, meta, xb, xt, config)
-    write_metadata(index_dir / "metadata.duckdb", [(_segment_name(0), meta)])
-    rejects = read_segment_rejects(seg)
+    with writer_lock(index_dir, action="build"):
+        if (index_dir / "index.json").exists():  # a build that held the lock before us finished it
+            raise ValueError(f"{index_dir} already holds an index; use `retr index add` to grow it")
+        return _build_locked(items, index_dir, encoder, config, source, progress)
+
+
+def _build_locked(
+    items: Sequence[Item], index_dir: Path, encoder: Encoder, config: IndexConfig, source: str, progress: bool
+) -> BuildReport:
+    t0 = time.perf_counter()
+    seg_dir = index_dir / "embeddings" / _segment_name(0)
+    summary = embed_items(items, seg_dir, encoder, config.embed, start_id=0, start_cid=0, progress=progress)
+    seg = _Segment.read(seg_dir)
+    if seg.meta.num_rows == 0:
+        raise ValueError(f"none of the {len(items)} items could be decoded; see {seg_dir} rejects")
+    image, text = _collections(index_dir, seg, config)
+    write_metadata(index_dir / "metadata.duckdb", [seg.rows(_segment_name(0))])
+    rejects = read_segment_rejects(seg_dir)
     write_parquet(index_dir / "rejects.parquet", rejects)
     manifest = IndexManifest(
         model=encoder.name,
@@ -236,8 +266,10 @@ def build_index(
         image=image,
         text=text,
         segments=(_segment_name(0),),
-        n_items=meta.num_rows,
+        n_items=seg.meta.num_rows,
         next_id=len(items),
+        next_caption_id=sum(len(it.captions) for it in items),
+        n_captions=seg.captions.num_rows,
         n_rejected=rejects.num_rows,
         provenance={
             "source": source,
@@ -274,9 +306,17 @@ def add_to_index(
     progress: bool = True,
 ) -> BuildReport:
     """Append items not yet indexed (by path) as a new segment + new shards; no rebuild."""
-    t0 = time.perf_counter()
     index_dir = Path(index_dir)
-    manifest = read_manifest(index_dir)
+    read_manifest(index_dir)  # a clear "not a retr index" before anything is created
+    with writer_lock(index_dir, action="add to"):
+        return _add_locked(items, index_dir, encoder, config, progress)
+
+
+def _add_locked(
+    items: Sequence[Item], index_dir: Path, encoder: Encoder, config: IndexConfig, progress: bool
+) -> BuildReport:
+    t0 = time.perf_counter()
+    manifest = read_manifest(index_dir)  # read under the lock: the last writer's commit
     if why := model_mismatch(manifest, encoder):
         raise ValueError(f"cannot add to {index_dir}: {why}; rebuild it with `retr index build`, or add with its model")
     store = MetadataStore(index_dir / "metadata.duckdb")
@@ -286,44 +326,42 @@ def add_to_index(
         store.close()
     new_items = [it for it in items if it.path not in known]
     name = _segment_name(len(manifest.segments))
-    seg = index_dir / "embeddings" / name
-    job = read_job(seg)
-    if job is not None and job.get("n_items") != len(new_items):
-        shutil.rmtree(seg)  # an uncommitted add of a different item set: never referenced by index.json
+    seg_dir = index_dir / "embeddings" / name
+    job = read_job(seg_dir)
+    start_cid = manifest.caption_id_start
+    if job is not None and (job.get("n_items"), job.get("start_cid")) != (len(new_items), start_cid):
+        shutil.rmtree(seg_dir)  # an uncommitted add of a different item set: never referenced by index.json
     if not new_items:
         return BuildReport(
             manifest, EmbedSummary(0, 0, 0, 0, 0, 0.0), index_dir / "rejects.parquet", time.perf_counter() - t0
         )
-    summary = embed_items(new_items, seg, encoder, config.embed, start_id=manifest.next_id, progress=progress)
-    meta = read_segment_meta(seg)
+    summary = embed_items(
+        new_items, seg_dir, encoder, config.embed, start_id=manifest.next_id, start_cid=start_cid, progress=progress
+    )
+    seg = _Segment.read(seg_dir)
     image, text = manifest.image, manifest.text
-    if meta.num_rows:
-        xb, xt = read_segment_vectors(seg, "image"), read_segment_vectors(seg, "text")
-        ids = meta.column("id").to_numpy().astype(np.int64)
-        image = _add_shard(index_dir, image, "image", xb, ids, config.device)
-        rows = _text_rows(meta)
-        if len(rows) and text is not None:
-            text = _add_shard(index_dir, text, "text", xt[rows], ids[rows], config.device)
-        elif len(rows):
-            text = build_collection(
-                "text",
-                index_dir,
-                xt[rows],
-                ids[rows],
-                [np.arange(len(rows))],
-                _query_sample(xb[rows], config.n_queries, 2),
-                config,
-            )
-        append_metadata(index_dir / "metadata.duckdb", name, meta)
+    if seg.meta.num_rows:
+        ids = seg.meta.column("id").to_numpy().astype(np.int64)
+        image = _add_shard(index_dir, image, "image", seg.xb, ids, config.device)
+        cids = seg.captions.column("cid").to_numpy().astype(np.int64)
+        if len(cids) and text is not None:
+            text = _add_shard(index_dir, text, "text", seg.xt, cids, config.device)
+        elif len(cids):
+            xq = _query_sample(seg.captioned_images(), config.n_queries, 2)
+            text = build_collection("text", index_dir, seg.xt, cids, [np.arange(len(cids))], xq, config)
+        append_metadata(index_dir / "metadata.duckdb", seg.rows(name))
     rejects = pa.concat_tables([read_segment_rejects(index_dir / "embeddings" / s) for s in (*manifest.segments, name)])
     write_parquet(index_dir / "rejects.parquet", rejects)
+    n_captions = manifest.n_captions + seg.captions.num_rows if manifest.n_captions >= 0 else -1
     manifest = replace(
         manifest,
         image=image,
         text=text,
         segments=(*manifest.segments, name),
-        n_items=manifest.n_items + meta.num_rows,
+        n_items=manifest.n_items + seg.meta.num_rows,
         next_id=manifest.next_id + len(new_items),
+        next_caption_id=start_cid + sum(len(it.captions) for it in new_items),
+        n_captions=n_captions,
         n_rejected=rejects.num_rows,
     )
     write_manifest(index_dir, manifest)

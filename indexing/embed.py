@@ -6,6 +6,9 @@ metadata Parquet is written last, so a chunk either exists completely or is redo
 the source always lands in chunk i // chunk_size with id start_id + i, so a killed job rerun
 with the same command ends with every item exactly once.
 
+Every caption of an image gets a vector and a caption id (cid): the j-th caption of item i is
+cid start_cid + (captions of items before i) + j, as stable across reruns as the ids.
+
 Decoding and preprocessing run in DataLoader workers, overlapping the model in the main process.
 """
 
@@ -25,8 +28,9 @@ from tqdm import tqdm
 
 from indexing.atomic import remove_stale_temps, write_json, write_npy, write_parquet
 from indexing.decode import DecodeError, DecodeLimits, decode_image
+from indexing.download import DownloadLimits
 from indexing.sources import Item, read_item_bytes, source_fingerprint
-from indexing.store import REJECT_SCHEMA, chunk_paths, item_table, read_job
+from indexing.store import REJECT_SCHEMA, caption_table, chunk_paths, item_table, read_job
 from retrieval.encoders.base import Encoder, ImagePreprocess
 from retrieval.encoders.precision import check_embed_precision, embedding_autocast
 
@@ -39,6 +43,7 @@ class EmbedConfig:
     storage_dtype: str = "float16"  # float16 halves disk and RAM; cosine error ~1e-3
     precision: str = "fp32"  # fp16 autocast on CUDA only; bf16 on CUDA or CPU
     limits: DecodeLimits = field(default_factory=DecodeLimits)
+    download: DownloadLimits = field(default_factory=DownloadLimits)  # URL items: deadline, byte cap, retries
 
     def __post_init__(self) -> None:
         if self.storage_dtype not in ("float16", "float32"):
@@ -84,8 +89,8 @@ class _Batch:
 
 
 class _DecodeDataset(torch.utils.data.Dataset):
-    def __init__(self, items: Sequence[Item], preprocess: ImagePreprocess, limits: DecodeLimits) -> None:
-        self.items, self.preprocess, self.limits = items, preprocess, limits
+    def __init__(self, items: Sequence[Item], preprocess: ImagePreprocess, config: EmbedConfig) -> None:
+        self.items, self.preprocess, self.limits, self.download = items, preprocess, config.limits, config.download
 
     def __len__(self) -> int:
         return len(self.items)
@@ -93,9 +98,9 @@ class _DecodeDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> _Loaded:
         item = self.items[i]
         try:
-            data = read_item_bytes(item)
+            data = read_item_bytes(item, download=self.download)
         except OSError as e:
-            return _Loaded(i, None, reason="unreadable", message=str(e))
+            return _Loaded(i, None, reason=getattr(e, "reject_reason", "unreadable"), message=_os_message(item, e))
         sha = hashlib.sha256(data).hexdigest()
         try:
             dec = decode_image(data, name=item.path, limits=self.limits)
@@ -103,6 +108,14 @@ class _DecodeDataset(torch.utils.data.Dataset):
         except DecodeError as e:
             return _Loaded(i, None, sha256=sha, reason=e.reason, message=str(e))
         return _Loaded(i, pixels, sha256=sha, width=dec.width, height=dec.height, format=dec.format)
+
+
+def _os_message(item: Item, e: OSError) -> str:
+    """The error with the item it is about (a bare "[Errno 2] No such file" names nothing)."""
+    text = str(e)
+    if e.strerror and e.filename is None:
+        return f"{item.path}: {e.strerror}"
+    return text if item.path in text else f"{item.path}: {text}"
 
 
 def _worker_init(_: int) -> None:
@@ -128,13 +141,29 @@ def _batches(pending_chunks: Sequence[int], n: int, chunk_size: int, batch_size:
     return out
 
 
-def job_params(encoder: Encoder, items: Sequence[Item], config: EmbedConfig, start_id: int) -> dict:
+def caption_offsets(items: Sequence[Item]) -> np.ndarray:
+    """(n + 1,) cumulative caption counts: item i's captions are cids offsets[i]..offsets[i+1]-1 after start."""
+    return np.concatenate([[0], np.cumsum([len(it.captions) for it in items], dtype=np.int64)]).astype(np.int64)
+
+
+def _captions_fingerprint(items: Sequence[Item]) -> str:
+    h = hashlib.sha256()
+    for it in items:
+        for c in it.captions:
+            h.update(c.encode("utf-8", "surrogateescape") + b"\0")
+        h.update(b"\1")
+    return h.hexdigest()
+
+
+def job_params(encoder: Encoder, items: Sequence[Item], config: EmbedConfig, start_id: int, start_cid: int) -> dict:
     return {
         "model": encoder.name,
         "dim": encoder.dim,
         "n_items": len(items),
         "fingerprint": source_fingerprint(items),
+        "captions": _captions_fingerprint(items),  # a caption per vector: edited captions mean other vectors
         "start_id": start_id,
+        "start_cid": start_cid,
         "chunk_size": config.chunk_size,
         "storage_dtype": config.storage_dtype,
         "limits": asdict(config.limits),
@@ -164,18 +193,19 @@ def embed_items(
     config: EmbedConfig = EmbedConfig(),
     *,
     start_id: int = 0,
+    start_cid: int = 0,
     progress: bool = True,
 ) -> EmbedSummary:
     """Embed `items` into chunk files under `folder`, resuming whatever a previous run finished."""
     t0 = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(folder)
-    _check_or_write_job(folder, job_params(encoder, items, config, start_id))
+    _check_or_write_job(folder, job_params(encoder, items, config, start_id, start_cid))
     n, cs = len(items), config.chunk_size
     n_chunks = (n + cs - 1) // cs
     pending = [c for c in range(n_chunks) if not chunk_paths(folder, c).meta.exists()]
     loader = torch.utils.data.DataLoader(
-        _DecodeDataset(items, encoder.preprocess, config.limits),
+        _DecodeDataset(items, encoder.preprocess, config),
         batch_sampler=_batches(pending, n, cs, config.batch_size),
         num_workers=config.num_workers,
         collate_fn=_collate,
@@ -185,10 +215,11 @@ def embed_items(
     )
     n_pending_items = sum(min(n, (c + 1) * cs) - c * cs for c in pending)
     n_embedded = n_rejected = 0
+    ids = _Ids(start_id, start_cid, caption_offsets(items))
     bar = tqdm(total=n_pending_items, unit="img", desc="embed", disable=not progress, smoothing=0.1)
     with bar:
         for chunk, batches in _group_by_chunk(loader, cs):
-            rows = _embed_chunk(batches, items, encoder, config)
+            rows = _embed_chunk(batches, items, encoder, config, ids)
             _write_chunk(folder, chunk, rows, items, start_id, config)
             n_embedded += len(rows.ok)
             n_rejected += len(rows.rejected)
@@ -209,39 +240,49 @@ def _group_by_chunk(loader: Iterator[_Batch], chunk_size: int) -> Iterator[tuple
         yield current, buf
 
 
+@dataclass(frozen=True)
+class _Ids:
+    start_id: int
+    start_cid: int
+    offsets: np.ndarray  # caption_offsets(items)
+
+
 @dataclass
 class _ChunkRows:
     ok: list[_Loaded]
     rejected: list[_Loaded]
     image_vectors: np.ndarray
-    text_vectors: np.ndarray
+    text_vectors: np.ndarray  # one row per caption of the ok items, in order
+    captions: pa.Table  # caption_table rows for text_vectors
 
 
-def _embed_chunk(batches: list[_Batch], items: Sequence[Item], encoder: Encoder, config: EmbedConfig) -> _ChunkRows:
+def _embed_chunk(
+    batches: list[_Batch], items: Sequence[Item], encoder: Encoder, config: EmbedConfig, ids: _Ids
+) -> _ChunkRows:
     ok, rejected, img, txt = [], [], [], []
+    cids, owners, texts = [], [], []
     device = encoder.device
     for b in batches:
         rejected.extend(b.rejected)
         if not b.ok:
             continue
         ok.extend(b.ok)
+        batch_texts = []
+        for x in b.ok:
+            caps = items[x.index].captions
+            cids.extend(range(ids.start_cid + int(ids.offsets[x.index]), ids.start_cid + int(ids.offsets[x.index + 1])))
+            owners.extend([ids.start_id + x.index] * len(caps))
+            batch_texts.extend(caps)
         with torch.inference_mode(), embedding_autocast(device, config.precision):
             pixels = encoder.preprocess.normalize(b.pixels.to(device, non_blocking=True))
             img.append(encoder.encode_pixels(pixels))
-            txt.append(_encode_captions(encoder, [items[x.index].caption for x in b.ok]))
+            if batch_texts:
+                txt.append(np.asarray(encoder.encode_texts(batch_texts), np.float32))
+        texts.extend(batch_texts)
     dim = encoder.dim
     image_vectors = np.concatenate(img) if img else np.zeros((0, dim), np.float32)
     text_vectors = np.concatenate(txt) if txt else np.zeros((0, dim), np.float32)
-    return _ChunkRows(ok, rejected, image_vectors, text_vectors)
-
-
-def _encode_captions(encoder: Encoder, captions: list[str | None]) -> np.ndarray:
-    """Caption vectors aligned with the batch; zero rows where an item has no caption."""
-    out = np.zeros((len(captions), encoder.dim), np.float32)
-    with_text = [i for i, c in enumerate(captions) if c]
-    if with_text:
-        out[with_text] = encoder.encode_texts([captions[i] for i in with_text])
-    return out
+    return _ChunkRows(ok, rejected, image_vectors, text_vectors, caption_table(cids, owners, texts))
 
 
 def _write_chunk(
@@ -251,6 +292,7 @@ def _write_chunk(
     dtype = np.float16 if config.storage_dtype == "float16" else np.float32
     write_npy(paths.image, rows.image_vectors.astype(dtype))
     write_npy(paths.text, rows.text_vectors.astype(dtype))
+    write_parquet(paths.captions, rows.captions)
     rejects = pa.table(
         {
             "path": [items[x.index].path for x in rows.rejected],

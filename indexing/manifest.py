@@ -61,11 +61,20 @@ class IndexManifest:
     n_rejected: int
     metric: str = "inner_product"
     model_weights: str = ""  # the encoder's weights_id at build time ("" when its name pins the weights)
+    # first caption id `index add` will assign; -1 in indexes from before per-caption ids, whose
+    # caption ids are the image ids (all below next_id)
+    next_caption_id: int = -1
+    n_captions: int = -1  # caption vectors in the caption index (-1: not recorded)
     format_version: int = FORMAT_VERSION
     provenance: dict = field(default_factory=dict)  # retr version, git sha, source, created
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @property
+    def caption_id_start(self) -> int:
+        """Where the next segment's caption ids begin."""
+        return self.next_caption_id if self.next_caption_id >= 0 else self.next_id
 
     @staticmethod
     def from_json(obj: dict) -> IndexManifest:

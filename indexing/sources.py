@@ -11,16 +11,19 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import os
 import tarfile
-import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
+
+from indexing.download import DownloadLimits, fetch_url
+from indexing.store import RESERVED_COLUMNS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".svg")
 MANIFEST_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
@@ -37,11 +40,37 @@ class TarMember:
 
 
 @dataclass(frozen=True)
+class IngestProblem:
+    """Why a listed item cannot be read at all (a looping link, a name that is not UTF-8, a cut shard).
+
+    Such items still take their place and id in the listing, so they reach rejects.parquet with this
+    reason instead of vanishing."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Item:
     path: str  # what users see: a file path, a URL, or "shard.tar/member.jpg"
     caption: str | None = None
     member: TarMember | None = None
     extra: dict[str, Scalar] = field(default_factory=dict, compare=False)  # manifest columns kept as metadata
+    more_captions: tuple[str, ...] = ()  # further captions of the same image (COCO: five per image)
+    problem: IngestProblem | None = None
+
+    @property
+    def captions(self) -> tuple[str, ...]:
+        """Every caption of the image, the primary one first."""
+        return ((self.caption,) if self.caption else ()) + self.more_captions
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What ingest found: the items in their stable order, and what the user should be told about it."""
+
+    items: list[Item]
+    notes: tuple[str, ...] = ()  # renamed columns, folded rows, cut shards: printed by the CLI
 
 
 @dataclass(frozen=True)
@@ -50,8 +79,19 @@ class ManifestColumns:
     caption: str = "caption"
 
 
-def read_item_bytes(item: Item, *, url_timeout_s: float = 20.0) -> bytes:
-    """The raw bytes of an item's image. Raises OSError (file/URL) on failure."""
+class UnreadableItem(OSError):
+    """An item whose listing already knows it cannot be read; carries the reject reason."""
+
+    def __init__(self, problem: IngestProblem) -> None:
+        super().__init__(problem.message)
+        self.reject_reason = problem.reason
+
+
+def read_item_bytes(item: Item, *, download: DownloadLimits = DownloadLimits()) -> bytes:
+    """The raw bytes of an item's image. Raises OSError (file / URL / tar); `reject_reason` on those
+    that carry their own reason (downloads, ingest problems)."""
+    if item.problem is not None:
+        raise UnreadableItem(item.problem)
     if item.member is not None:
         with open(item.member.tar_path, "rb") as f:
             f.seek(item.member.offset)
@@ -60,12 +100,11 @@ def read_item_bytes(item: Item, *, url_timeout_s: float = 20.0) -> bytes:
             raise OSError(f"tar member truncated: {item.path}")
         return data
     if item.path.startswith(("http://", "https://")):
-        with urllib.request.urlopen(item.path, timeout=url_timeout_s) as r:
-            return r.read()
+        return fetch_url(item.path, download)
     return Path(item.path).read_bytes()
 
 
-def list_items(source: str, *, columns: ManifestColumns = ManifestColumns()) -> list[Item]:
+def read_source(source: str, *, columns: ManifestColumns = ManifestColumns()) -> Listing:
     """Resolve SOURCE (folder, manifest file, or tar glob) into its items, in a stable order."""
     p = Path(source)
     if p.is_dir():
@@ -84,6 +123,11 @@ def list_items(source: str, *, columns: ManifestColumns = ManifestColumns()) -> 
     )
 
 
+def list_items(source: str, *, columns: ManifestColumns = ManifestColumns()) -> list[Item]:
+    """The items of SOURCE (read_source without its notes)."""
+    return read_source(source, columns=columns).items
+
+
 def source_fingerprint(items: Sequence[Item]) -> str:
     """A hash of the ordered item paths: resuming refuses a source whose listing changed."""
     h = hashlib.sha256()
@@ -91,6 +135,38 @@ def source_fingerprint(items: Sequence[Item]) -> str:
         h.update(it.path.encode("utf-8", "surrogateescape"))
         h.update(b"\0")
     return h.hexdigest()
+
+
+def safe_column_names(names: Sequence[str], where: str) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Source column → metadata column. Names the index uses itself (id, path, segment, …) are kept
+    under `source_NAME` rather than dropped; the notes say so."""
+    taken = set(names) | set(RESERVED_COLUMNS)
+    mapping, notes = {}, []
+    for n in names:
+        if n not in RESERVED_COLUMNS:
+            mapping[n] = n
+            continue
+        new, i = f"source_{n}", 2
+        while new in taken:
+            new, i = f"source_{n}_{i}", i + 1
+        taken.add(new)
+        mapping[n] = new
+        notes.append(f"{where}: column {n!r} is stored as {new!r} ({n!r} is a column of the index itself)")
+    return mapping, tuple(notes)
+
+
+def _display_name(path: Path) -> str | None:
+    """The path as text, or None when the file system name is not valid UTF-8."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return text
+
+
+def _escaped_name(path: Path) -> str:
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _sidecar_caption(image_path: Path) -> str | None:
@@ -101,7 +177,7 @@ def _sidecar_caption(image_path: Path) -> str | None:
     if js.is_file():
         try:
             obj = json.loads(js.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return None
         if isinstance(obj, dict):
             for key in ("caption", "text", "title"):
@@ -110,15 +186,42 @@ def _sidecar_caption(image_path: Path) -> str | None:
     return None
 
 
-def folder_items(folder: Path) -> list[Item]:
-    files = sorted(
-        (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
-        key=lambda p: p.relative_to(folder).as_posix(),
-    )
-    return [Item(path=str(p.resolve()), caption=_sidecar_caption(p)) for p in files]
+def _folder_item(p: Path) -> Item:
+    """One image file of a folder; files that cannot be named or opened become problem items."""
+    name = _display_name(p)
+    if name is None:
+        return Item(path=_escaped_name(p), problem=IngestProblem(
+            "bad_name", f"file name is not valid UTF-8 (shown with \\x escapes): {_escaped_name(p)}; rename it"))
+    try:
+        p.stat()  # follows links: a loop or a dangling link fails here
+    except OSError as e:
+        return Item(path=name, problem=IngestProblem("unreadable", f"{name}: {e.strerror or e}"))
+    if not p.is_file():
+        return Item(path=name, problem=IngestProblem("unreadable", f"{name}: not a regular file"))
+    return Item(path=str(p.resolve()), caption=_sidecar_caption(p))
 
 
-def _read_manifest_table(path: Path) -> pa.Table:
+def folder_items(folder: Path) -> Listing:
+    """Image files under FOLDER, sorted by relative path. Unreadable sub-folders, looping or dangling
+    links and non-UTF-8 names are listed too (as problem items) so that they reach the rejects."""
+    found: list[tuple[str, Item]] = []
+
+    def unreadable_dir(e: OSError) -> None:
+        d = Path(e.filename)
+        rel = os.path.relpath(e.filename, folder)
+        problem = IngestProblem("unreadable", f"cannot list folder {_escaped_name(d)}: {e.strerror}")
+        found.append((rel, Item(path=_display_name(d) or _escaped_name(d), problem=problem)))
+
+    for root, _dirs, files in os.walk(folder, onerror=unreadable_dir):
+        for f in files:
+            if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+                p = Path(root) / f
+                found.append((p.relative_to(folder).as_posix(), _folder_item(p)))
+    found.sort(key=lambda x: x[0].encode("utf-8", "surrogateescape"))
+    return Listing([it for _, it in found])
+
+
+def read_manifest_table(path: Path) -> pa.Table:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return pq.read_table(path)
@@ -127,8 +230,33 @@ def _read_manifest_table(path: Path) -> pa.Table:
     return pajson.read_json(path)  # JSON Lines
 
 
-def manifest_items(path: Path, columns: ManifestColumns) -> list[Item]:
-    table = _read_manifest_table(path)
+def fold_captions(items: Sequence[Item]) -> tuple[list[Item], int]:
+    """One item per image path, keeping every distinct caption (COCO lists an image once per caption).
+
+    Returns the folded items in first-seen order and how many rows carried a further caption.
+    Rows identical to an earlier one add nothing and are not counted. URLs and problem items fold
+    by path too."""
+    by_path: dict[str, int] = {}
+    out: list[Item] = []
+    folded = 0
+    for it in items:
+        j = by_path.get(it.path)
+        if j is None:
+            by_path[it.path] = len(out)
+            out.append(it)
+            continue
+        first = out[j]
+        new = [c for c in it.captions if c not in first.captions]
+        if new:
+            folded += 1
+            caption = first.caption or new[0]
+            more = tuple(c for c in (*first.captions, *new) if c != caption)
+            out[j] = replace(first, caption=caption, more_captions=more)
+    return out, folded
+
+
+def manifest_items(path: Path, columns: ManifestColumns) -> Listing:
+    table = read_manifest_table(path)
     names = table.column_names
     if columns.image not in names:
         raise ValueError(
@@ -144,12 +272,15 @@ def manifest_items(path: Path, columns: ManifestColumns) -> list[Item]:
         if n not in (columns.image, columns.caption)
         and (pa.types.is_primitive(table.schema.field(n).type) or pa.types.is_string(table.schema.field(n).type))
     ]
+    rename, notes = safe_column_names(scalar_cols, str(path))
     rows = table.select([columns.image] + ([columns.caption] if has_caption else []) + scalar_cols).to_pylist()
     base = path.resolve().parent
     items = []
-    for row in rows:
+    for n, row in enumerate(rows, 1):
         ref = row[columns.image]
         if ref is None or str(ref).strip() == "":
+            where = f"{path}:row {n}"
+            items.append(Item(path=where, problem=IngestProblem("no_image", f"{where}: empty {columns.image!r} value")))
             continue
         ref = str(ref)
         if not ref.startswith(("http://", "https://")):
@@ -157,9 +288,13 @@ def manifest_items(path: Path, columns: ManifestColumns) -> list[Item]:
             ref = str(ref_path if ref_path.is_absolute() else (base / ref_path).resolve())
         caption = row.get(columns.caption) if has_caption else None
         caption = str(caption).strip() if caption not in (None, "") else None
-        extra = {n: row[n] for n in scalar_cols}
-        items.append(Item(path=ref, caption=caption, extra=extra))
-    return items
+        extra = {rename[n]: row[n] for n in scalar_cols}
+        items.append(Item(path=ref, caption=caption or None, extra=extra))
+    items, folded = fold_captions(items)
+    if folded:
+        notes += (f"{path}: {folded} rows add a further caption to an image listed earlier; "
+                  f"{len(items)} images are embedded once each, with all their captions",)
+    return Listing(items, notes)
 
 
 def _wds_key(name: str) -> tuple[str, str]:
@@ -169,37 +304,102 @@ def _wds_key(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), ext.lower()
 
 
-def webdataset_items(tar_paths: Sequence[str]) -> list[Item]:
-    items: list[Item] = []
-    for tar_path in tar_paths:
-        groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+_TAR_BLOCK = 512
+_WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def _json_fields(raw: bytes) -> dict[str, Scalar]:
+    """img2dataset's per-sample .json (url, key, status, sizes, every input column) as flat metadata:
+    scalars as they are, nested values as JSON text."""
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    if not isinstance(obj, dict):
+        return {}
+    return {str(k): v if v is None or isinstance(v, str | int | float | bool) else json.dumps(v, ensure_ascii=False)
+            for k, v in obj.items()}
+
+
+def _shard_end_problem(tar_path: str, end: int) -> IngestProblem | None:
+    """A shard whose members stop before tar's end-of-archive marker was cut short (a killed
+    download, a full disk): the members after `end` are lost, and the user must hear of it."""
+    size = os.path.getsize(tar_path)
+    with open(tar_path, "rb") as f:
+        f.seek(end)
+        tail = f.read(2 * _TAR_BLOCK)
+    if len(tail) == 2 * _TAR_BLOCK and not tail.strip(b"\0"):
+        return None
+    return IngestProblem("truncated_shard", f"{tar_path} ends at byte {size} without tar's end-of-archive marker; "
+                         f"whatever followed byte {end} is lost (a cut download?)")
+
+
+def _member_groups(tf: tarfile.TarFile) -> tuple[dict[str, dict[str, tarfile.TarInfo]], int]:
+    """Members by sample key and extension, and the byte where the readable members end."""
+    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+    end = 0
+    try:
+        for info in tf:
+            end = info.offset_data + -(-info.size // _TAR_BLOCK) * _TAR_BLOCK
+            if info.isfile():
+                key, ext = _wds_key(info.name)
+                groups.setdefault(key, {})[ext] = info
+    except (tarfile.TarError, OSError):
+        pass  # a header cut mid-way: _shard_end_problem reports where the readable part ends
+    return groups, end
+
+
+def _sample(tf: tarfile.TarFile, tar_path: str, parts: dict[str, tarfile.TarInfo]) -> Item | None:
+    img_ext = next((e for e in _WDS_IMAGE_EXTS if e in parts), None)
+    if img_ext is None:
+        return None
+    info = parts[img_ext]
+    meta = _json_fields(_member_bytes(tf, parts.get("json"))) if "json" in parts else {}
+    caption = None
+    if "txt" in parts:
+        caption = _member_bytes(tf, parts["txt"]).decode("utf-8", "replace").strip() or None
+    elif isinstance(meta.get("caption"), str):
+        caption = meta["caption"].strip() or None
+    meta.pop("caption", None)
+    member = TarMember(tar_path=str(Path(tar_path).resolve()), offset=info.offset_data, size=info.size)
+    return Item(path=f"{tar_path}/{info.name}", caption=caption, member=member, extra=meta)
+
+
+def _shard_items(tar_path: str) -> list[Item]:
+    """The samples of one shard. An unreadable or cut shard adds a problem item, so the loss is
+    reported instead of silently ending the listing."""
+    try:
         with tarfile.open(tar_path, "r:") as tf:
-            for info in tf:
-                if info.isfile():
-                    key, ext = _wds_key(info.name)
-                    groups.setdefault(key, {})[ext] = info
-            for key in sorted(groups):
-                parts = groups[key]
-                img_ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
-                if img_ext is None:
-                    continue
-                info = parts[img_ext]
-                caption = None
-                if "txt" in parts:
-                    caption = tf.extractfile(parts["txt"]).read().decode("utf-8", "replace").strip() or None
-                elif "json" in parts:
-                    try:
-                        obj = json.loads(tf.extractfile(parts["json"]).read())
-                        caption = obj.get("caption") if isinstance(obj, dict) else None
-                    except json.JSONDecodeError:
-                        caption = None
-                items.append(
-                    Item(
-                        path=f"{tar_path}/{info.name}",
-                        caption=caption,
-                        member=TarMember(
-                            tar_path=str(Path(tar_path).resolve()), offset=info.offset_data, size=info.size
-                        ),
-                    )
-                )
+            groups, end = _member_groups(tf)
+            items = [it for key in sorted(groups) if (it := _sample(tf, tar_path, groups[key])) is not None]
+    except (tarfile.TarError, OSError) as e:
+        return [Item(path=tar_path, problem=IngestProblem("unreadable_shard", f"{tar_path}: {e}"))]
+    problem = _shard_end_problem(tar_path, end)
+    if problem is not None:
+        items.append(Item(path=f"{tar_path}@{end}", problem=problem))
     return items
+
+
+def _member_bytes(tf: tarfile.TarFile, info: tarfile.TarInfo | None) -> bytes:
+    if info is None:
+        return b""
+    f = tf.extractfile(info)
+    try:
+        return f.read() if f is not None else b""
+    except (tarfile.TarError, OSError):
+        return b""  # the side file is cut: the image itself will be checked when it is read
+
+
+def webdataset_items(tar_paths: Sequence[str]) -> Listing:
+    """Samples of webdataset shards as img2dataset writes them: the image, its .txt caption, and every
+    field of its .json kept as metadata (url, status, licence, scores…)."""
+    items: list[Item] = []
+    fields: set[str] = set()
+    for tar_path in tar_paths:
+        shard = _shard_items(tar_path)
+        items.extend(shard)
+        fields.update(k for it in shard for k in it.extra)
+    rename, notes = safe_column_names(sorted(fields), "webdataset .json")
+    if any(k != v for k, v in rename.items()):
+        items = [replace(it, extra={rename[k]: v for k, v in it.extra.items()}) if it.extra else it for it in items]
+    return Listing(items, notes)

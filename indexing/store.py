@@ -2,9 +2,15 @@
 
 SEGMENT/job.json                      parameters the job was started with (resume guard)
 SEGMENT/chunk-00000.img.npy           (n_ok, dim) image vectors, float16/float32, unit norm
-SEGMENT/chunk-00000.txt.npy           (n_ok, dim) caption vectors aligned with the images (0 = no caption)
+SEGMENT/chunk-00000.txt.npy           (n_captions, dim) one vector per caption of the chunk's items
+SEGMENT/chunk-00000.captions.parquet  one row per caption: cid (caption id), id (its image), caption, row in .txt.npy
 SEGMENT/chunk-00000.rejects.parquet   items that could not be read/decoded, with the reason
 SEGMENT/chunk-00000.parquet           one row per embedded item; written last = chunk complete
+
+An image can have several captions (COCO gives five): it is embedded once, and each caption gets its
+own vector and caption id in the caption index. Chunks written before captions had their own table
+(no .captions.parquet) hold one caption vector per image row, zero where there was none; they read
+back as one caption per captioned image with cid = id.
 """
 
 from __future__ import annotations
@@ -23,12 +29,16 @@ REJECT_SCHEMA = pa.schema(
     [("path", pa.string()), ("reason", pa.string()), ("message", pa.string()), ("sha256", pa.string())]
 )
 BASE_COLUMNS = ("id", "path", "caption", "sha256", "width", "height", "format", "chunk", "row")
+# Names the index gives its own columns: a source column so named is stored under another name.
+RESERVED_COLUMNS = (*BASE_COLUMNS, "segment")
+CAPTION_SCHEMA = pa.schema([("cid", pa.int64()), ("id", pa.int64()), ("caption", pa.string()), ("row", pa.int32())])
 
 
 @dataclass(frozen=True)
 class ChunkPaths:
     image: Path
     text: Path
+    captions: Path
     rejects: Path
     meta: Path
 
@@ -38,6 +48,7 @@ def chunk_paths(folder: Path, chunk: int) -> ChunkPaths:
     return ChunkPaths(
         image=stem.with_suffix(".img.npy"),
         text=stem.with_suffix(".txt.npy"),
+        captions=stem.with_suffix(".captions.parquet"),
         rejects=stem.with_suffix(".rejects.parquet"),
         meta=stem.with_suffix(".parquet"),
     )
@@ -48,28 +59,42 @@ def read_job(folder: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _metadata_column(values: list) -> pa.Array:
+    """A source's extra column as one Arrow type: mixed types (img2dataset writes ints and strings
+    under one key across samples) fall back to text, an all-empty column to an empty text column."""
+    try:
+        arr = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
+    return arr.cast(pa.string()) if pa.types.is_null(arr.type) else arr
+
+
 def item_table(ok: Sequence[Any], items: Sequence[Any], start_id: int, chunk: int) -> pa.Table:
     """Metadata rows for the embedded items of one chunk (row = position in the chunk's .npy)."""
-    cols: dict[str, list] = {
-        "id": [start_id + x.index for x in ok],
-        "path": [items[x.index].path for x in ok],
-        "caption": [items[x.index].caption for x in ok],
-        "sha256": [x.sha256 for x in ok],
-        "width": [x.width for x in ok],
-        "height": [x.height for x in ok],
-        "format": [x.format for x in ok],
-        "chunk": [chunk] * len(ok),
-        "row": list(range(len(ok))),
+    cols: dict[str, Any] = {
+        "id": pa.array([start_id + x.index for x in ok], pa.int64()),
+        "path": pa.array([items[x.index].path for x in ok], pa.string()),
+        "caption": pa.array([items[x.index].caption for x in ok], pa.string()),
+        "sha256": pa.array([x.sha256 for x in ok], pa.string()),
+        "width": pa.array([x.width for x in ok], pa.int32()),
+        "height": pa.array([x.height for x in ok], pa.int32()),
+        "format": pa.array([x.format for x in ok], pa.string()),
+        "chunk": pa.array([chunk] * len(ok), pa.int64()),
+        "row": pa.array(list(range(len(ok))), pa.int64()),
     }
+    # sources rename reserved names (indexing.sources.safe_column_names), so none is overwritten here
     extra_keys = sorted({k for x in ok for k in items[x.index].extra} - set(cols))
     for k in extra_keys:
-        cols[k] = [items[x.index].extra.get(k) for x in ok]
-    table = pa.table(cols)
-    return table.cast(
-        table.schema.set(0, pa.field("id", pa.int64()))
-        .set(2, pa.field("caption", pa.string()))
-        .set(4, pa.field("width", pa.int32()))
-        .set(5, pa.field("height", pa.int32()))
+        cols[k] = _metadata_column([items[x.index].extra.get(k) for x in ok])
+    return pa.table(cols)
+
+
+def caption_table(cids: Sequence[int], ids: Sequence[int], captions: Sequence[str]) -> pa.Table:
+    """One row per caption vector of a chunk, in .txt.npy order."""
+    return pa.table(
+        {"cid": pa.array(cids, pa.int64()), "id": pa.array(ids, pa.int64()), "caption": pa.array(captions, pa.string()),
+         "row": pa.array(range(len(cids)), pa.int32())},
+        schema=CAPTION_SCHEMA,
     )
 
 
@@ -95,15 +120,40 @@ def read_segment_rejects(folder: Path) -> pa.Table:
 
 
 def read_segment_vectors(folder: Path, kind: str = "image") -> np.ndarray:
-    """All vectors of a segment as float32, in metadata row order (kind: "image" or "text")."""
-    arrays = []
-    for c in complete_chunks(folder):
-        p = chunk_paths(folder, c)
-        arrays.append(np.load(p.image if kind == "image" else p.text, mmap_mode="r"))
+    """All vectors of a segment as float32 (kind "image": in metadata row order; "text": in
+    read_segment_captions order)."""
+    if kind == "text":
+        return read_segment_captions(folder)[1]
+    arrays = [np.load(chunk_paths(folder, c).image, mmap_mode="r") for c in complete_chunks(folder)]
     if not arrays:
         job = read_job(folder) or {}
         return np.zeros((0, int(job.get("dim", 0))), np.float32)
     return np.concatenate(arrays).astype(np.float32, copy=False)
+
+
+def chunk_captions(folder: Path, chunk: int) -> pa.Table:
+    """A complete chunk's caption rows (cid, id, caption, row); older chunks derive them from the items."""
+    p = chunk_paths(folder, chunk)
+    if p.captions.exists():
+        return pq.read_table(p.captions)
+    meta = pq.read_table(p.meta, columns=["id", "caption", "row"]).to_pylist()
+    rows = [r for r in meta if r["caption"]]
+    table = caption_table([r["id"] for r in rows], [r["id"] for r in rows], [r["caption"] for r in rows])
+    return table.set_column(3, "row", pa.array([r["row"] for r in rows], pa.int32()))
+
+
+def read_segment_captions(folder: Path) -> tuple[pa.Table, np.ndarray]:
+    """Every caption of a segment (cid, id, caption, row, chunk) and its vector, float32, row-aligned."""
+    tables, arrays = [], []
+    for c in complete_chunks(folder):
+        t = chunk_captions(folder, c)
+        vecs = np.load(chunk_paths(folder, c).text, mmap_mode="r")
+        arrays.append(np.asarray(vecs[t.column("row").to_numpy()], np.float32))
+        tables.append(t.append_column("chunk", pa.array([c] * t.num_rows, pa.int64())))
+    if not tables:
+        dim = int((read_job(folder) or {}).get("dim", 0))
+        return CAPTION_SCHEMA.append(pa.field("chunk", pa.int64())).empty_table(), np.zeros((0, dim), np.float32)
+    return pa.concat_tables(tables), np.concatenate(arrays)
 
 
 def chunk_vectors(folder: Path, chunk: int, kind: str = "image") -> np.ndarray:

@@ -1,8 +1,10 @@
 """Retrieval metrics for encoders on held-out corpus splits: what `retr eval` reports.
 
-- text→image R@k: each item's primary caption queries the split's images; a hit is any image
-  with the item's key (several styles of one emoji count alike).
-- image→text R@k: each image queries the split's captions, a hit is a caption of its key.
+- text→image R@k: each item's caption queries the split's images; a hit is any image with the
+  item's key (several styles of one emoji count alike). A manifest listing an image once per
+  caption (COCO, Flickr30k) is scored the COCO way: every one of its captions is a query.
+- image→text R@k: each image queries the split's captions (all of them, COCO-style), a hit is any
+  caption of its key.
 - cross-style image→image R@k: an image of corpus A queries corpus B's images of the same split;
   the hit is B's drawing of the same key (Noto ↔ Twemoji).
 - photo queries R@k: hand-written natural-language queries over real photos, never trained on.
@@ -126,15 +128,17 @@ def text_image_recall(
 ) -> Section:
     xb, rows = images or embed_images(encoder, pairs)
     img_keys = _keys(pairs, rows)
-    captions = [pairs[i].captions[0] for i in rows]
+    captions = [c for i in rows for c in pairs[i].queries]  # COCO: five per image; else one
+    cap_keys = np.asarray([pairs[i].key for i in rows for _ in pairs[i].queries])
     xt = encoder.encode_texts(captions)
-    same = img_keys[:, None] == img_keys[None, :]  # (texts, images): rows and columns follow `rows`
+    same = cap_keys[:, None] == img_keys[None, :]  # (captions, images)
     scores = xt @ xb.T
     t2i = recall_at(scores, same)
     i2t = recall_at(xb @ xt.T, same.T)
     metrics = {**{f"t2i_R@{k}": v for k, v in t2i.items()}, **{f"i2t_R@{k}": v for k, v in i2t.items()}}
     shown = top_examples(scores, same, [(c, None) for c in captions], [pairs[i] for i in rows], examples)
-    return Section({**metrics, "n": len(rows)}, shown)
+    n_captions = {"captions": len(captions)} if len(captions) != len(rows) else {}
+    return Section({**metrics, "n": len(rows), **n_captions}, shown)
 
 
 def cross_style_recall(

@@ -3,6 +3,11 @@
     idx = open_index("out/emoji")
     hits = idx.search(text="a red heart", k=5, where="split = 'test'")
 
+`where` is a filter in the grammar of `indexing.filters` (column, operator, literal; and / or / not;
+IN, LIKE, BETWEEN, IS NULL), compiled to a parameterised query: the same for the CLI, this API and
+the HTTP API. k is capped at the collection's size, so a huge k returns everything, not MemoryError.
+Only what index.json has committed is searched or returned.
+
 Shards are searched one by one and their top-k merged (ids are global). A `where` filter first
 selects matching ids in DuckDB; small selections are searched exactly over their stored
 vectors, large ones through a faiss IDSelector, and any query that comes back short of
@@ -27,6 +32,8 @@ from indexing.tune import apply_search_param
 from retrieval.encoders.base import Encoder
 
 EXACT_FILTER_CUTOFF = 50_000  # below this many matches, brute force over stored vectors is cheaper and exact
+MAX_ID = 2**63 - 1  # ids are int64
+MAX_TEXT_CHARS = 4096  # a query longer than this is not a search; encoders truncate far earlier
 
 
 @dataclass(frozen=True)
@@ -39,8 +46,19 @@ class Query:
         given = [x is not None for x in (self.text, self.image, self.image_id)]
         if sum(given) != 1:
             raise ValueError("a query needs exactly one of text, image or image_id")
+        if self.text is not None and not isinstance(self.text, str):
+            raise ValueError(f"text query must be a string, got {type(self.text).__name__}")
         if self.text is not None and not self.text.strip():
             raise ValueError("text query is empty")
+        if self.text is not None and len(self.text) > MAX_TEXT_CHARS:
+            raise ValueError(f"text query is {len(self.text)} characters; the limit is {MAX_TEXT_CHARS}")
+        if self.image is not None and not isinstance(self.image, str):
+            raise ValueError(f"image must be a file path string, got {type(self.image).__name__}")
+        if self.image_id is not None:
+            if isinstance(self.image_id, bool) or not isinstance(self.image_id, int):
+                raise ValueError(f"image_id must be an integer, got {self.image_id!r}")
+            if not 0 <= self.image_id <= MAX_ID:
+                raise ValueError(f"no indexed item with id {self.image_id} (ids are 0 to {MAX_ID})")
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -51,7 +69,12 @@ class Hit:
     id: int
     score: float
     path: str
-    caption: str | None
+    caption: str | None  # image→text: the caption that matched; else the image's first caption
+    url: str | None = None  # where the image came from, when the source said (img2dataset's url)
+
+    def to_json(self) -> dict:
+        out = {"id": self.id, "score": self.score, "path": self.path, "caption": self.caption}
+        return out if self.url is None else {**out, "url": self.url}
 
 
 @dataclass(frozen=True)
@@ -60,8 +83,8 @@ class SearchResult:
     results: list[Hit]
 
     def to_json(self) -> dict:
-        """The stable JSON contract: {"query": {...}, "results": [{"id","score","path","caption"}]}."""
-        return {"query": self.query.to_json(), "results": [asdict(h) for h in self.results]}
+        """The stable JSON contract: {"query": {...}, "results": [{"id","score","path","caption"(,"url")}]}."""
+        return {"query": self.query.to_json(), "results": [h.to_json() for h in self.results]}
 
 
 class _Collection:
@@ -106,12 +129,13 @@ class RetrievalIndex:
     def __init__(self, index_dir: Path, encoder_factory: Callable[[str], Encoder] | None = None) -> None:
         self.dir = Path(index_dir)
         self.manifest: IndexManifest = read_manifest(self.dir)
-        self.meta = MetadataStore(self.dir / "metadata.duckdb")
+        self.meta = MetadataStore(self.dir / "metadata.duckdb", segments=self.manifest.segments)
         self._collections = {"image": _Collection(self.dir, self.manifest.image, "image")}
         if self.manifest.text is not None:
             self._collections["text"] = _Collection(self.dir, self.manifest.text, "text")
         self._encoder_factory = encoder_factory
         self._encoder: Encoder | None = None
+        self._url: bool | None = None
 
     @property
     def encoder(self) -> Encoder:
@@ -148,22 +172,44 @@ class RetrievalIndex:
         self, queries: Sequence[Query], *, k: int = 10, where: str | None = None, target: str = "image"
     ) -> list[SearchResult]:
         """target="image" finds images; target="text" finds captions (image→text)."""
-        if k < 1:
-            raise ValueError("k must be >= 1")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
         if target not in self._collections:
             raise ValueError(f"this index has no {target!r} collection (available: {sorted(self._collections)})")
+        k = min(k, max(1, self._collections[target].info.n))  # more than every vector is every vector
         xq = self.embed_queries(queries)
         D, I = self.search_vectors(xq, k, where=where, target=target)
-        rows = self.meta.rows(np.unique(I[I >= 0]).tolist())
+        hits = self._hits_text(D, I) if target == "text" else self._hits_image(D, I)
+        return [SearchResult(q, h) for q, h in zip(queries, hits, strict=True)]
+
+    def _item_rows(self, ids: Sequence[int]) -> dict[int, dict]:
+        cols = ("id", "path", "caption", "url") if self._has_url else ("id", "path", "caption")
+        return self.meta.rows(ids, cols)
+
+    def _hits_image(self, D: np.ndarray, I: np.ndarray) -> list[list[Hit]]:
+        rows = self._item_rows(np.unique(I[I >= 0]).tolist())
+        return [[_hit(rows[int(x)], float(s)) for s, x in zip(d, i, strict=True) if x >= 0 and int(x) in rows]
+                for d, i in zip(D, I, strict=True)]
+
+    def _hits_text(self, D: np.ndarray, I: np.ndarray) -> list[list[Hit]]:
+        """Caption ids → the matched caption and its image."""
+        caps = self.meta.caption_rows(np.unique(I[I >= 0]).tolist())
+        rows = self._item_rows(sorted({c["id"] for c in caps.values()}))
         out = []
-        for q, d, i in zip(queries, D, I, strict=True):
-            hits = [
-                Hit(int(x), float(s), rows[int(x)]["path"], rows[int(x)]["caption"])
-                for s, x in zip(d, i, strict=True)
-                if x >= 0
-            ]
-            out.append(SearchResult(q, hits))
+        for d, i in zip(D, I, strict=True):
+            hits = []
+            for s, x in zip(d, i, strict=True):
+                cap = caps.get(int(x)) if x >= 0 else None
+                if cap is not None and cap["id"] in rows:
+                    hits.append(_hit({**rows[cap["id"]], "caption": cap["caption"]}, float(s)))
+            out.append(hits)
         return out
+
+    @property
+    def _has_url(self) -> bool:
+        if self._url is None:
+            self._url = "url" in self.meta.columns()
+        return self._url
 
     def embed_queries(self, queries: Sequence[Query]) -> np.ndarray:
         xq = np.zeros((len(queries), self.manifest.dim), np.float32)
@@ -178,21 +224,24 @@ class RetrievalIndex:
         return xq
 
     def stored_vectors(self, ids: np.ndarray, kind: str = "image") -> np.ndarray:
-        loc = self.meta.locate(ids)
+        """Stored vectors of items (kind "image", by id) or captions (kind "text", by caption id)."""
+        loc = self.meta.locate(ids) if kind == "image" else self.meta.locate_captions(ids)
         missing = set(np.asarray(ids).tolist()) - set(loc.ids.tolist())
         if missing:
-            raise ValueError(f"no indexed item with id {sorted(missing)[:5]}")
+            what = "item" if kind == "image" else "caption"
+            raise ValueError(f"no indexed {what} with id {sorted(missing)[:5]}")
         return gather_vectors(self.dir / "embeddings", loc.segment, loc.chunk, loc.row, kind)
 
     def search_vectors(
         self, xq: np.ndarray, k: int, *, where: str | None = None, target: str = "image"
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (D, I); I holds item ids for target "image", caption ids for target "text"."""
         coll = self._collections[target]
         if where is None:
             return coll.search(xq, k)
         allowed = self.meta.filter_ids(where)
         if target == "text":
-            allowed = allowed[np.isin(allowed, self._text_ids())]
+            allowed = self.meta.caption_ids(allowed)
         if len(allowed) <= EXACT_FILTER_CUTOFF:
             return self._exact(xq, k, allowed, coll.kind)
         D, I = coll.search(xq, k, faiss.IDSelectorBatch(allowed))
@@ -201,20 +250,22 @@ class RetrievalIndex:
             D[short], I[short] = self._exact(xq[short], k, allowed, coll.kind)
         return D, I
 
-    def _text_ids(self) -> np.ndarray:
-        return self.meta.filter_ids("caption IS NOT NULL AND length(caption) > 0")
-
     def _exact(self, xq: np.ndarray, k: int, allowed: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
         D = np.full((len(xq), k), -np.inf, np.float32)
         I = np.full((len(xq), k), -1, np.int64)
         if len(allowed) == 0:
             return D, I
-        loc = self.meta.locate(allowed)
+        loc = self.meta.locate(allowed) if kind == "image" else self.meta.locate_captions(allowed)
         xb = gather_vectors(self.dir / "embeddings", loc.segment, loc.chunk, loc.row, kind)
         kk = min(k, len(xb))
         Dk, Ik = faiss.knn(np.ascontiguousarray(xq, np.float32), xb, kk, metric=faiss.METRIC_INNER_PRODUCT)
         D[:, :kk], I[:, :kk] = Dk, loc.ids[Ik]
         return D, I
+
+
+def _hit(row: dict, score: float) -> Hit:
+    url = row.get("url")
+    return Hit(int(row["id"]), score, row["path"], row["caption"], None if url is None else str(url))
 
 
 def _load_query_image(path: str):

@@ -102,7 +102,7 @@ def test_add_appends_only_new_items(tmp_path, pixel_encoder):
     report = add_to_index(list_items(str(folder)), out, pixel_encoder, IndexConfig(embed=SMALL), progress=False)
     assert report.embed.n_items == 1 and report.manifest.n_items == 21
     idx = open_index(out, encoder_factory=lambda s: pixel_encoder)
-    ids = idx.meta.filter_ids("true")
+    ids = idx.meta.all_ids()
     assert len(ids) == len(np.unique(ids)) == 21
     assert idx.search(text="orange", k=3, where="caption LIKE '%late%'").results[0].path.endswith("late-orange.png")
     assert len(idx.manifest.image.shards) == 2
@@ -147,7 +147,7 @@ def test_interrupted_build_resumes_without_duplicates(colour_folder, tmp_path, p
     report = build_index(items, out, pixel_encoder, IndexConfig(embed=SMALL), progress=False)
     assert report.embed.n_chunks_resumed == len(done)
     idx = open_index(out, encoder_factory=lambda s: pixel_encoder)
-    paths = [r["path"] for r in idx.meta.rows(idx.meta.filter_ids("true").tolist()).values()]
+    paths = [r["path"] for r in idx.meta.rows(idx.meta.all_ids().tolist()).values()]
     assert len(paths) == len(set(paths)) == 40
 
 

@@ -71,7 +71,8 @@ def test_search_json_and_batch_queries(monkeypatch, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a", "image_id": 3}\n')
     res = runner.invoke(cli.app, ["search", str(tmp_path), "--queries", str(bad)])
-    assert res.exit_code == 2 and "bad.jsonl:1" in res.output
+    assert res.exit_code == 1 and "bad.jsonl:1" in json.loads(res.stdout.splitlines()[0])["error"]
+    assert "1 of 1 queries failed" in res.output
 
 
 def test_search_missing_index_is_clear(tmp_path: Path):

@@ -70,7 +70,7 @@ def test_sigkill_then_rerun_has_every_item_once(tmp_path: Path, kill_after_chunk
     assert not list(out.rglob("*.tmp")), "temp files of the killed writer must be cleaned up"
 
     idx = open_index(out, encoder_factory=lambda spec: encoder)
-    ids = idx.meta.filter_ids("true")
+    ids = idx.meta.all_ids()
     paths = [r["path"] for r in idx.meta.rows(ids.tolist()).values()]
     assert len(ids) == len(set(ids.tolist())) == 60
     assert len(paths) == len(set(paths)) == 60
