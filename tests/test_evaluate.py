@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from app import cli
+from app import cli, models_cli
 from retrieval.evaluate import EvalPlan, EvalResult, evaluate, read_photo_queries, recall_at
 from tests.conftest import COLOURS, colour_image
 
@@ -97,7 +97,7 @@ def test_eval_cli_compares_models_and_validates(monkeypatch, tmp_path: Path) -> 
         metrics = {"emoji-google": {"t2i_R@1": 0.5 if encoder == "enc:retr:default" else 0.1, "n": 10}}
         return EvalResult(metrics, {"emoji-google": ()})
 
-    monkeypatch.setattr(cli, "_load_encoder", lambda spec, device: f"enc:{spec}")
+    monkeypatch.setattr(models_cli, "_load_encoder", lambda spec, device: f"enc:{spec}")
     monkeypatch.setattr("retrieval.evaluate.evaluate", fake_evaluate)
     runner = CliRunner()
     res = runner.invoke(cli.app, ["eval", "retr:default", "retr:imagenet-bridge", "--manifest", "emoji-google",
