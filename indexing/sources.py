@@ -12,9 +12,8 @@ import glob
 import hashlib
 import json
 import os
-import tarfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,62 +22,17 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from indexing.download import DownloadLimits, fetch_url
-from indexing.store import RESERVED_COLUMNS
+from indexing.items import IngestProblem, Item, Listing, ManifestColumns, Scalar, TarMember, safe_column_names
+from indexing.webdataset import webdataset_items
+
+__all__ = [  # the ingest API; the types live in indexing.items
+    "IMAGE_EXTENSIONS", "MANIFEST_EXTENSIONS", "IngestProblem", "Item", "Listing", "ManifestColumns", "Scalar",
+    "TarMember", "fold_captions", "list_items", "read_item_bytes", "read_manifest_table", "read_source",
+    "safe_column_names", "source_fingerprint",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".svg")
 MANIFEST_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
-Scalar = str | int | float | bool | None
-
-
-@dataclass(frozen=True)
-class TarMember:
-    """Where an image's bytes sit inside an uncompressed tar (read by seek, no rescan)."""
-
-    tar_path: str
-    offset: int
-    size: int
-
-
-@dataclass(frozen=True)
-class IngestProblem:
-    """Why a listed item cannot be read at all (a looping link, a name that is not UTF-8, a cut shard).
-
-    Such items still take their place and id in the listing, so they reach rejects.parquet with this
-    reason instead of vanishing."""
-
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Item:
-    path: str  # what users see: a file path, a URL, or "shard.tar/member.jpg"
-    caption: str | None = None
-    member: TarMember | None = None
-    extra: dict[str, Scalar] = field(default_factory=dict, compare=False)  # manifest columns kept as metadata
-    more_captions: tuple[str, ...] = ()  # further captions of the same image (COCO: five per image)
-    problem: IngestProblem | None = None
-
-    @property
-    def captions(self) -> tuple[str, ...]:
-        """Every caption of the image, the primary one first."""
-        return ((self.caption,) if self.caption else ()) + self.more_captions
-
-
-@dataclass(frozen=True)
-class Listing:
-    """What ingest found: the items in their stable order, and what the user should be told about it."""
-
-    items: list[Item]
-    notes: tuple[str, ...] = ()  # renamed columns, folded rows, cut shards: printed by the CLI
-
-
-@dataclass(frozen=True)
-class ManifestColumns:
-    image: str = "image"
-    caption: str = "caption"
-
-
 class UnreadableItem(OSError):
     """An item whose listing already knows it cannot be read; carries the reject reason."""
 
@@ -135,24 +89,6 @@ def source_fingerprint(items: Sequence[Item]) -> str:
         h.update(it.path.encode("utf-8", "surrogateescape"))
         h.update(b"\0")
     return h.hexdigest()
-
-
-def safe_column_names(names: Sequence[str], where: str) -> tuple[dict[str, str], tuple[str, ...]]:
-    """Source column → metadata column. Names the index uses itself (id, path, segment, …) are kept
-    under `source_NAME` rather than dropped; the notes say so."""
-    taken = set(names) | set(RESERVED_COLUMNS)
-    mapping, notes = {}, []
-    for n in names:
-        if n not in RESERVED_COLUMNS:
-            mapping[n] = n
-            continue
-        new, i = f"source_{n}", 2
-        while new in taken:
-            new, i = f"source_{n}_{i}", i + 1
-        taken.add(new)
-        mapping[n] = new
-        notes.append(f"{where}: column {n!r} is stored as {new!r} ({n!r} is a column of the index itself)")
-    return mapping, tuple(notes)
 
 
 def _display_name(path: Path) -> str | None:
@@ -294,112 +230,4 @@ def manifest_items(path: Path, columns: ManifestColumns) -> Listing:
     if folded:
         notes += (f"{path}: {folded} rows add a further caption to an image listed earlier; "
                   f"{len(items)} images are embedded once each, with all their captions",)
-    return Listing(items, notes)
-
-
-def _wds_key(name: str) -> tuple[str, str]:
-    """webdataset convention: key = member path up to the first dot of its basename."""
-    head, _, base = name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (f"{head}/{stem}" if head else stem), ext.lower()
-
-
-_TAR_BLOCK = 512
-_WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-
-
-def _json_fields(raw: bytes) -> dict[str, Scalar]:
-    """img2dataset's per-sample .json (url, key, status, sizes, every input column) as flat metadata:
-    scalars as they are, nested values as JSON text."""
-    try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return {}
-    if not isinstance(obj, dict):
-        return {}
-    return {str(k): v if v is None or isinstance(v, str | int | float | bool) else json.dumps(v, ensure_ascii=False)
-            for k, v in obj.items()}
-
-
-def _shard_end_problem(tar_path: str, end: int) -> IngestProblem | None:
-    """A shard whose members stop before tar's end-of-archive marker was cut short (a killed
-    download, a full disk): the members after `end` are lost, and the user must hear of it."""
-    size = os.path.getsize(tar_path)
-    with open(tar_path, "rb") as f:
-        f.seek(end)
-        tail = f.read(2 * _TAR_BLOCK)
-    if len(tail) == 2 * _TAR_BLOCK and not tail.strip(b"\0"):
-        return None
-    return IngestProblem("truncated_shard", f"{tar_path} ends at byte {size} without tar's end-of-archive marker; "
-                         f"whatever followed byte {end} is lost (a cut download?)")
-
-
-def _member_groups(tf: tarfile.TarFile) -> tuple[dict[str, dict[str, tarfile.TarInfo]], int]:
-    """Members by sample key and extension, and the byte where the readable members end."""
-    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-    end = 0
-    try:
-        for info in tf:
-            end = info.offset_data + -(-info.size // _TAR_BLOCK) * _TAR_BLOCK
-            if info.isfile():
-                key, ext = _wds_key(info.name)
-                groups.setdefault(key, {})[ext] = info
-    except (tarfile.TarError, OSError):
-        pass  # a header cut mid-way: _shard_end_problem reports where the readable part ends
-    return groups, end
-
-
-def _sample(tf: tarfile.TarFile, tar_path: str, parts: dict[str, tarfile.TarInfo]) -> Item | None:
-    img_ext = next((e for e in _WDS_IMAGE_EXTS if e in parts), None)
-    if img_ext is None:
-        return None
-    info = parts[img_ext]
-    meta = _json_fields(_member_bytes(tf, parts.get("json"))) if "json" in parts else {}
-    caption = None
-    if "txt" in parts:
-        caption = _member_bytes(tf, parts["txt"]).decode("utf-8", "replace").strip() or None
-    elif isinstance(meta.get("caption"), str):
-        caption = meta["caption"].strip() or None
-    meta.pop("caption", None)
-    member = TarMember(tar_path=str(Path(tar_path).resolve()), offset=info.offset_data, size=info.size)
-    return Item(path=f"{tar_path}/{info.name}", caption=caption, member=member, extra=meta)
-
-
-def _shard_items(tar_path: str) -> list[Item]:
-    """The samples of one shard. An unreadable or cut shard adds a problem item, so the loss is
-    reported instead of silently ending the listing."""
-    try:
-        with tarfile.open(tar_path, "r:") as tf:
-            groups, end = _member_groups(tf)
-            items = [it for key in sorted(groups) if (it := _sample(tf, tar_path, groups[key])) is not None]
-    except (tarfile.TarError, OSError) as e:
-        return [Item(path=tar_path, problem=IngestProblem("unreadable_shard", f"{tar_path}: {e}"))]
-    problem = _shard_end_problem(tar_path, end)
-    if problem is not None:
-        items.append(Item(path=f"{tar_path}@{end}", problem=problem))
-    return items
-
-
-def _member_bytes(tf: tarfile.TarFile, info: tarfile.TarInfo | None) -> bytes:
-    if info is None:
-        return b""
-    f = tf.extractfile(info)
-    try:
-        return f.read() if f is not None else b""
-    except (tarfile.TarError, OSError):
-        return b""  # the side file is cut: the image itself will be checked when it is read
-
-
-def webdataset_items(tar_paths: Sequence[str]) -> Listing:
-    """Samples of webdataset shards as img2dataset writes them: the image, its .txt caption, and every
-    field of its .json kept as metadata (url, status, licence, scores…)."""
-    items: list[Item] = []
-    fields: set[str] = set()
-    for tar_path in tar_paths:
-        shard = _shard_items(tar_path)
-        items.extend(shard)
-        fields.update(k for it in shard for k in it.extra)
-    rename, notes = safe_column_names(sorted(fields), "webdataset .json")
-    if any(k != v for k, v in rename.items()):
-        items = [replace(it, extra={rename[k]: v for k, v in it.extra.items()}) if it.extra else it for it in items]
     return Listing(items, notes)
