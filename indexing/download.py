@@ -35,7 +35,9 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-REJECT_REASONS = ("download_timeout", "download_too_large", "download_http_error", "download_failed")
+REJECT_REASONS = (
+    "download_timeout", "download_too_large", "download_http_error", "download_failed", "download_refused"
+)
 USER_AGENT = "retr/0.1 (+image-text retrieval indexer)"
 
 # HTTP statuses that say "not now" rather than "no": request timeout, rate limit, and server or gateway trouble.
@@ -332,3 +334,26 @@ def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
     ):
         opener.add_handler(handler)
     return opener
+
+
+def check_public_url(url: str) -> None:
+    """Refuse a URL whose host resolves to a loopback, private, link-local or otherwise non-public
+    address: a server that fetches URLs for clients must not become their way into its own network.
+
+    The check resolves the name once; a name whose answer changes between this check and the fetch
+    (DNS rebinding) is not covered, so keep URL fetching off where that matters."""
+    import ipaddress
+    import socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise DownloadError("download_failed", f"{_shown(url)}: only http(s) URLs with a host are fetched")
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    except (OSError, UnicodeError) as e:
+        raise DownloadError("download_failed", f"{_shown(url)}: cannot resolve {parts.hostname}: {e}") from e
+    for info in infos:
+        addr = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not addr.is_global or addr.is_multicast:
+            raise DownloadError("download_refused", f"{_shown(url)}: {parts.hostname} is {addr}, not a public address")

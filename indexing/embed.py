@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -219,11 +219,10 @@ def embed_items(
     bar = tqdm(total=n_pending_items, unit="img", desc="embed", disable=not progress, smoothing=0.1)
     with bar:
         for chunk, batches in _group_by_chunk(loader, cs):
-            rows = _embed_chunk(batches, items, encoder, config, ids)
+            rows = _embed_chunk(batches, items, encoder, config, ids, on_batch=bar.update)
             _write_chunk(folder, chunk, rows, items, start_id, config)
             n_embedded += len(rows.ok)
             n_rejected += len(rows.rejected)
-            bar.update(len(rows.ok) + len(rows.rejected))
     return EmbedSummary(n, n_embedded, n_rejected, n_chunks, n_chunks - len(pending), time.perf_counter() - t0)
 
 
@@ -257,14 +256,21 @@ class _ChunkRows:
 
 
 def _embed_chunk(
-    batches: list[_Batch], items: Sequence[Item], encoder: Encoder, config: EmbedConfig, ids: _Ids
+    batches: list[_Batch],
+    items: Sequence[Item],
+    encoder: Encoder,
+    config: EmbedConfig,
+    ids: _Ids,
+    on_batch: Callable[[int], object] = lambda n: None,
 ) -> _ChunkRows:
+    """Vectors for one chunk's batches; `on_batch(n)` after each batch drives the progress bar."""
     ok, rejected, img, txt = [], [], [], []
     cids, owners, texts = [], [], []
     device = encoder.device
     for b in batches:
         rejected.extend(b.rejected)
         if not b.ok:
+            on_batch(len(b.rejected))
             continue
         ok.extend(b.ok)
         batch_texts = []
@@ -279,6 +285,7 @@ def _embed_chunk(
             if batch_texts:
                 txt.append(np.asarray(encoder.encode_texts(batch_texts), np.float32))
         texts.extend(batch_texts)
+        on_batch(len(b.ok) + len(b.rejected))
     dim = encoder.dim
     image_vectors = np.concatenate(img) if img else np.zeros((0, dim), np.float32)
     text_vectors = np.concatenate(txt) if txt else np.zeros((0, dim), np.float32)

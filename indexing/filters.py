@@ -350,7 +350,24 @@ LOCKED_DOWN_CONFIG = {
 def locked_down_connection(path: str | Path, *, read_only: bool = True) -> duckdb.DuckDBPyConnection:
     """A connection to the database file at `path` that cannot reach anything else nor be unlocked by SQL.
 
-    DuckDB shares one instance per file within a process, so every connection to `path` opened while this
-    one is open must use the same configuration (and read_only), or duckdb.connect raises.
+    The file is attached to a private in-memory database rather than opened with duckdb.connect(path):
+    DuckDB shares one instance per path within a process, so a server that reopens an index after
+    `retr index add` replaced metadata.duckdb would otherwise be handed the old file's instance. Each
+    connection here sees the file as it was when it was opened, and old and new can be open side by side.
+    External access is switched off only after the ATTACH (which needs it), then the settings are locked.
     """
-    return duckdb.connect(str(path), read_only=read_only, config=dict(LOCKED_DOWN_CONFIG))
+    con = duckdb.connect(":memory:", config={k: v for k, v in LOCKED_DOWN_CONFIG.items()
+                                             if k not in ("enable_external_access", "lock_configuration")})
+    try:
+        mode = " (READ_ONLY)" if read_only else ""
+        con.execute(f"ATTACH ? AS {ATTACHED_NAME}{mode}", [str(path)])
+        con.execute(f"USE {ATTACHED_NAME}")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+ATTACHED_NAME = "meta"  # the attached database's name; queries see its tables unqualified after USE

@@ -14,8 +14,9 @@ Filters come from `indexing.filters` (a grammar compiled to parameters), never a
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from indexing.atomic import atomic_path
-from indexing.filters import FilterError, compile_filter, locked_down_connection, quote_identifier
+from indexing.filters import ATTACHED_NAME, FilterError, compile_filter, locked_down_connection, quote_identifier
 
 TABLE = "items"
 CAPTIONS = "captions"
@@ -143,10 +144,22 @@ class MetadataStore:
             raise FileNotFoundError(f"no metadata database at {db_path}")
         self._con = locked_down_connection(db_path, read_only=True)
         self._segments = None if segments is None else list(segments)
-        self._captions = CAPTIONS if _table_exists(self._con, CAPTIONS) else _LEGACY_CAPTIONS
+        with self._cursor() as cur:
+            self._captions = CAPTIONS if _table_exists(cur, CAPTIONS) else _LEGACY_CAPTIONS
 
     def close(self) -> None:
         self._con.close()
+
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection of its own for each call: a server queries from several threads at once, and a
+        DuckDB connection serves one call at a time. Cursors share the locked-down database."""
+        cur = self._con.cursor()
+        try:
+            cur.execute(f"USE {ATTACHED_NAME}")
+            yield cur
+        finally:
+            cur.close()
 
     def _committed(self, alias: str = "") -> tuple[str, list]:
         """A WHERE clause (and its parameter) keeping rows of committed segments only."""
@@ -156,18 +169,21 @@ class MetadataStore:
         return f"list_contains(?, {col})", [self._segments]
 
     def column_types(self) -> dict[str, str]:
-        return {r[0]: r[1] for r in self._con.execute(f"DESCRIBE {TABLE}").fetchall()}
+        with self._cursor() as cur:
+            return {r[0]: r[1] for r in cur.execute(f"DESCRIBE {TABLE}").fetchall()}
 
     def columns(self) -> list[str]:
         return list(self.column_types())
 
     def count(self) -> int:
         cond, params = self._committed()
-        return int(self._con.execute(f"SELECT count(*) FROM {TABLE} WHERE {cond}", params).fetchall()[0][0])
+        with self._cursor() as cur:
+            return int(cur.execute(f"SELECT count(*) FROM {TABLE} WHERE {cond}", params).fetchall()[0][0])
 
     def all_ids(self) -> np.ndarray:
         cond, params = self._committed()
-        return self._con.execute(f"SELECT id FROM {TABLE} WHERE {cond} ORDER BY id", params).fetchnumpy()["id"]
+        with self._cursor() as cur:
+            return cur.execute(f"SELECT id FROM {TABLE} WHERE {cond} ORDER BY id", params).fetchnumpy()["id"]
 
     def filter_ids(self, where: str) -> np.ndarray:
         """Ids of the items matching a filter (indexing.filters grammar), sorted."""
@@ -178,7 +194,8 @@ class MetadataStore:
         cond, params = self._committed()
         sql = f"SELECT id FROM {TABLE} WHERE {cond} AND ({compiled.sql}) ORDER BY id"
         try:
-            rows = self._con.execute(sql, [*params, *compiled.params]).fetchnumpy()
+            with self._cursor() as cur:
+                rows = cur.execute(sql, [*params, *compiled.params]).fetchnumpy()
         except duckdb.Error as e:  # the message could quote data; name only the kind of failure
             raise ValueError(f"bad --where filter {where!r}: it could not be evaluated ({type(e).__name__})") from e
         return rows["id"].astype(np.int64)
@@ -187,16 +204,14 @@ class MetadataStore:
         if len(wanted) == 0:
             return []
         arr = pa.table({"want": pa.array(np.asarray(wanted, np.int64))})
-        self._con.register("wanted", arr)
-        try:
-            cond, params = self._committed("i")
-            cols = ", ".join(f"i.{quote_identifier(c)}" for c in columns)
-            sql = f"SELECT {cols} FROM {source} i JOIN wanted w ON i.{key} = w.want WHERE {cond}"
-            cur = self._con.execute(sql, params)
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-        finally:
-            self._con.unregister("wanted")
+        cond, params = self._committed("i")
+        cols = ", ".join(f"i.{quote_identifier(c)}" for c in columns)
+        sql = f"SELECT {cols} FROM {source} i JOIN wanted w ON i.{key} = w.want WHERE {cond}"
+        with self._cursor() as cur:
+            cur.register("wanted", arr)
+            res = cur.execute(sql, params)
+            names = [d[0] for d in res.description]
+            return [dict(zip(names, r, strict=True)) for r in res.fetchall()]
 
     def rows(self, ids: Sequence[int], columns: Sequence[str] = ("id", "path", "caption")) -> dict[int, dict]:
         """Metadata rows keyed by id (ids absent from the table are absent from the result)."""
@@ -211,7 +226,8 @@ class MetadataStore:
         if ids is None:
             cond, params = self._committed()
             sql = f"SELECT cid FROM {self._captions} WHERE {cond} ORDER BY cid"
-            return self._con.execute(sql, params).fetchnumpy()["cid"].astype(np.int64)
+            with self._cursor() as cur:
+                return cur.execute(sql, params).fetchnumpy()["cid"].astype(np.int64)
         rows = self._join(self._captions, "id", ids, ("cid",))
         return np.sort(np.asarray([r["cid"] for r in rows], np.int64))
 
@@ -236,12 +252,11 @@ class MetadataStore:
     def ids_with_paths(self, paths: Sequence[str], segments: Sequence[str]) -> set[str]:
         """Which of these paths are indexed in committed `segments` (`index add` skips them)."""
         arr = pa.table({"p": pa.array(list(paths), pa.string())})
-        self._con.register("wanted_paths", arr)
-        out = self._con.execute(
-            f"SELECT DISTINCT i.path FROM {TABLE} i JOIN wanted_paths w ON i.path = w.p "
-            "WHERE list_contains(?, i.segment)",
-            [list(segments)],
-        )
-        found = {r[0] for r in out.fetchall()}
-        self._con.unregister("wanted_paths")
-        return found
+        with self._cursor() as cur:
+            cur.register("wanted_paths", arr)
+            out = cur.execute(
+                f"SELECT DISTINCT i.path FROM {TABLE} i JOIN wanted_paths w ON i.path = w.p "
+                "WHERE list_contains(?, i.segment)",
+                [list(segments)],
+            )
+            return {r[0] for r in out.fetchall()}

@@ -162,10 +162,33 @@ def chunk_vectors(folder: Path, chunk: int, kind: str = "image") -> np.ndarray:
     return np.load(p.image if kind == "image" else p.text, mmap_mode="r")
 
 
+class ChunkVectors:
+    """Every committed chunk's vectors of some segments, memory-mapped once when opened.
+
+    A reader keeps these maps, so it can go on gathering vectors (filtered search, image-id queries)
+    even while a writer deletes the folder to rebuild it: the mapped files stay readable until the
+    reader lets go. Maps cost address space, not memory."""
+
+    def __init__(self, embeddings_dir: Path, segments: Sequence[str]) -> None:
+        self._maps: dict[tuple[str, int, str], np.ndarray] = {}
+        for seg in segments:
+            folder = embeddings_dir / seg
+            for c in complete_chunks(folder):
+                for kind in ("image", "text"):
+                    self._maps[(seg, c, kind)] = chunk_vectors(folder, c, kind)
+
+    def get(self, segment: str, chunk: int, kind: str) -> np.ndarray:
+        try:
+            return self._maps[(segment, chunk, kind)]
+        except KeyError:
+            raise ValueError(f"no committed chunk {chunk} in segment {segment}") from None
+
+
 def gather_vectors(
-    embeddings_dir: Path, segment: Sequence[str], chunk: np.ndarray, row: np.ndarray, kind: str = "image"
+    embeddings_dir: Path | ChunkVectors, segment: Sequence[str], chunk: np.ndarray, row: np.ndarray, kind: str = "image"
 ) -> np.ndarray:
-    """Vectors for (segment, chunk, row) triples, float32, in the given order."""
+    """Vectors for (segment, chunk, row) triples, float32, in the given order (from the folder, or
+    from a reader's ChunkVectors)."""
     n = len(row)
     if n == 0:
         return np.zeros((0, 0), np.float32)
@@ -174,7 +197,10 @@ def gather_vectors(
     for key in np.unique(keys):
         sel = np.flatnonzero(keys == key)
         seg, c = key.rsplit("/", 1)
-        vecs = chunk_vectors(embeddings_dir / seg, int(c), kind)
+        if isinstance(embeddings_dir, ChunkVectors):
+            vecs = embeddings_dir.get(seg, int(c), kind)
+        else:
+            vecs = chunk_vectors(embeddings_dir / seg, int(c), kind)
         if out is None:
             out = np.zeros((n, vecs.shape[1]), np.float32)
         out[sel] = vecs[row[sel]]

@@ -23,17 +23,21 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexing.decode import DecodeError, decode_image
+from indexing.decode import DecodeError, DecodeLimits, decode_image
 from indexing.faiss_build import read_index
 from indexing.manifest import IndexManifest, VectorIndexInfo, model_mismatch, read_manifest
 from indexing.metadata import MetadataStore
-from indexing.store import gather_vectors
+from indexing.store import ChunkVectors, gather_vectors
 from indexing.tune import apply_search_param
 from retrieval.encoders.base import Encoder
 
 EXACT_FILTER_CUTOFF = 50_000  # below this many matches, brute force over stored vectors is cheaper and exact
 MAX_ID = 2**63 - 1  # ids are int64
 MAX_TEXT_CHARS = 4096  # a query longer than this is not a search; encoders truncate far earlier
+
+
+class UnknownIdError(ValueError):
+    """An id the index does not hold (or has not committed)."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class Query:
             if isinstance(self.image_id, bool) or not isinstance(self.image_id, int):
                 raise ValueError(f"image_id must be an integer, got {self.image_id!r}")
             if not 0 <= self.image_id <= MAX_ID:
-                raise ValueError(f"no indexed item with id {self.image_id} (ids are 0 to {MAX_ID})")
+                raise UnknownIdError(f"no indexed item with id {self.image_id} (ids are 0 to {MAX_ID})")
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -130,6 +134,7 @@ class RetrievalIndex:
         self.dir = Path(index_dir)
         self.manifest: IndexManifest = read_manifest(self.dir)
         self.meta = MetadataStore(self.dir / "metadata.duckdb", segments=self.manifest.segments)
+        self._vectors = ChunkVectors(self.dir / "embeddings", self.manifest.segments)
         self._collections = {"image": _Collection(self.dir, self.manifest.image, "image")}
         if self.manifest.text is not None:
             self._collections["text"] = _Collection(self.dir, self.manifest.text, "text")
@@ -176,9 +181,19 @@ class RetrievalIndex:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
         if target not in self._collections:
             raise ValueError(f"this index has no {target!r} collection (available: {sorted(self._collections)})")
+        return self.search_embedded(queries, self.embed_queries(queries), k=k, where=where, target=target)
+
+    def search_embedded(
+        self, queries: Sequence[Query], xq: np.ndarray, *, k: int = 10, where: str | None = None, target: str = "image"
+    ) -> list[SearchResult]:
+        """search_batch for queries already embedded (`xq` from embed_queries): a server embeds the texts
+        of many requests in one forward pass, then answers each group of them here."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        if target not in self._collections:
+            raise ValueError(f"this index has no {target!r} collection (available: {sorted(self._collections)})")
         k = min(k, max(1, self._collections[target].info.n))  # more than every vector is every vector
-        xq = self.embed_queries(queries)
-        D, I = self.search_vectors(xq, k, where=where, target=target)
+        D, I = self.search_vectors(np.ascontiguousarray(xq, np.float32), k, where=where, target=target)
         hits = self._hits_text(D, I) if target == "text" else self._hits_image(D, I)
         return [SearchResult(q, h) for q, h in zip(queries, hits, strict=True)]
 
@@ -223,14 +238,18 @@ class RetrievalIndex:
                 xq[i] = self.stored_vectors(np.asarray([q.image_id]), "image")[0]
         return xq
 
+    def embed_image_bytes(self, data: bytes, name: str = "upload") -> np.ndarray:
+        """(1, dim) query vector for an image given as bytes (an upload), decoded like indexed images."""
+        return np.asarray(self.encoder.encode_images([decode_query_image(data, name)]), np.float32)
+
     def stored_vectors(self, ids: np.ndarray, kind: str = "image") -> np.ndarray:
         """Stored vectors of items (kind "image", by id) or captions (kind "text", by caption id)."""
         loc = self.meta.locate(ids) if kind == "image" else self.meta.locate_captions(ids)
         missing = set(np.asarray(ids).tolist()) - set(loc.ids.tolist())
         if missing:
             what = "item" if kind == "image" else "caption"
-            raise ValueError(f"no indexed {what} with id {sorted(missing)[:5]}")
-        return gather_vectors(self.dir / "embeddings", loc.segment, loc.chunk, loc.row, kind)
+            raise UnknownIdError(f"no indexed {what} with id {sorted(missing)[:5]}")
+        return gather_vectors(self._vectors, loc.segment, loc.chunk, loc.row, kind)
 
     def search_vectors(
         self, xq: np.ndarray, k: int, *, where: str | None = None, target: str = "image"
@@ -256,7 +275,7 @@ class RetrievalIndex:
         if len(allowed) == 0:
             return D, I
         loc = self.meta.locate(allowed) if kind == "image" else self.meta.locate_captions(allowed)
-        xb = gather_vectors(self.dir / "embeddings", loc.segment, loc.chunk, loc.row, kind)
+        xb = gather_vectors(self._vectors, loc.segment, loc.chunk, loc.row, kind)
         kk = min(k, len(xb))
         Dk, Ik = faiss.knn(np.ascontiguousarray(xq, np.float32), xb, kk, metric=faiss.METRIC_INNER_PRODUCT)
         D[:, :kk], I[:, :kk] = Dk, loc.ids[Ik]
@@ -268,15 +287,28 @@ def _hit(row: dict, score: float) -> Hit:
     return Hit(int(row["id"]), score, row["path"], row["caption"], None if url is None else str(url))
 
 
+class QueryImageError(ValueError):
+    """A query image that cannot be used; `reason` is the decoder's token (too_large, corrupt, …)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def _load_query_image(path: str):
     try:
         data = Path(path).read_bytes()
     except OSError as e:
         raise ValueError(f"cannot read query image {path}: {e}") from e
+    return decode_query_image(data, path)
+
+
+def decode_query_image(data: bytes, name: str, limits: DecodeLimits = DecodeLimits()):
+    """An RGB image from a query's bytes, with the indexer's decoder and limits."""
     try:
-        return decode_image(data, name=path).image
+        return decode_image(data, name=name, limits=limits).image
     except DecodeError as e:
-        raise ValueError(f"cannot decode query image {path}: {e}") from e
+        raise QueryImageError(f"cannot decode query image {name}: {e}", e.reason) from e
 
 
 def open_index(path: str | Path, encoder_factory: Callable[[str], Encoder] | None = None) -> RetrievalIndex:

@@ -92,7 +92,7 @@ def test_indexes_from_before_caption_ids_still_search_and_grow(tmp_path: Path) -
     idx = open_index(out, encoder_factory=lambda s: PixelEncoder())
     red = idx.search(text="red", k=1).results[0]
     assert [h.caption for h in idx.search(image_id=red.id, k=1, target="text").results] == ["a red square"]
-    idx.close()  # DuckDB shares one database per path within a process: close before the file is replaced
+    idx.close()
     report = add_to_index(read_source(str(_coco_manifest(tmp_path / "b", ["green"]))).items, out, PixelEncoder(),
                           SMALL, progress=False)
     assert report.manifest.next_caption_id == 2 + 5

@@ -177,7 +177,7 @@ def test_readers_see_only_committed_items(tmp_path: Path, monkeypatch) -> None:
     assert idx.search(text="red", k=50, where="caption LIKE '%late%'").results == []
     with pytest.raises(ValueError, match="no indexed item"):
         idx.search(image_id=25, k=1)
-    idx.close()  # DuckDB shares one database per path within a process: close before the file is replaced
+    idx.close()
     monkeypatch.undo()
     report = add_to_index(list_items(str(extra)), out, PixelEncoder(), SMALL, progress=False)
     assert report.manifest.n_items == 30
