@@ -10,11 +10,13 @@ DEMO_DIR ?= out/demo-$(DEMO_CORPUS)-$(subst :,-,$(DEMO_MODEL))
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup test lint demo demo-index demo-search bench clean
+.PHONY: setup test lint demo demo-index demo-search serve ui bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# clip-retrieval only for its ClipClient (tests/test_api.py): its own dependencies are a whole CLIP stack
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps clip-retrieval==2.45.0
 	touch $@
 
 setup: $(VENV)/.installed
@@ -36,6 +38,15 @@ demo-search: demo-index
 	$(RETR) search $(DEMO_DIR) --image-id 0 -k 5 --target text
 
 demo: demo-search
+	@echo
+	@echo "Next: the HTTP API on the demo index:  make serve   (then: curl -s localhost:8000/search -H 'content-type: application/json' -d '{\"text\": \"a red heart\", \"k\": 3}')"
+	@echo "      the search UI on the demo index:  make ui      (then open http://127.0.0.1:8501)"
+
+serve: demo-index
+	$(RETR) serve $(DEMO_DIR)
+
+ui: demo-index
+	$(RETR) ui $(DEMO_DIR)
 
 bench: setup
 	$(PY) bench/bench_embed.py

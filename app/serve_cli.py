@@ -1,0 +1,77 @@
+"""`retr serve` (the HTTP API) and `retr ui` (the Streamlit search UI)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.console import fail, say
+
+
+def parse_index_args(indexes: list[str]) -> list[tuple[str, Path]]:
+    """`PATH` or `NAME=PATH` → (name, path); the name defaults to the folder's name."""
+    out = []
+    for arg in indexes:
+        name, sep, path = arg.partition("=")
+        if not sep:
+            name, path = Path(arg).name, arg
+        if not name or not path:
+            raise ValueError(f"expected PATH or NAME=PATH, got {arg!r}")
+        out.append((name, Path(path)))
+    return out
+
+
+def serve(
+    indexes: Annotated[list[str], typer.Argument(help="Index folders (PATH or NAME=PATH); the first is the default.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.", min=1, max=65535)] = 8000,
+    cors_origin: Annotated[list[str], typer.Option(help="Allow browser calls from this origin (repeatable).")] = [],  # noqa: B006
+    allow_image_url: Annotated[bool, typer.Option(
+        help="Let clip-back's image_url make the server fetch public URLs (10 s, 16 MiB).")] = False,
+    batching: Annotated[bool, typer.Option(help="Encode concurrent text queries together.")] = True,
+    max_batch: Annotated[int, typer.Option(help="Text queries per forward pass.", min=1, max=1024)] = 64,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a query waits for others to batch with.")] = 4.0,
+) -> None:
+    """Serve INDEXES over HTTP (FastAPI): /search, /items, /metrics, clip-back's /knn-service. Set
+    RETR_API_TOKEN to require `Authorization: Bearer TOKEN`."""
+    try:
+        import uvicorn
+
+        from app.api import create_app
+        from app.api.state import ApiSettings
+        from retrieval.service import IndexService, ServiceConfig
+    except ImportError as e:
+        raise fail(f"retr serve needs the api extra: pip install -e '.[api]' ({e})") from e
+    try:
+        config = ServiceConfig(batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms)
+        services = [IndexService(path, name=name, config=config) for name, path in parse_index_args(indexes)]
+        for s in services:
+            _ = s.index.encoder  # load the model now: the first query pays nothing
+        settings = ApiSettings(token=os.environ.get("RETR_API_TOKEN") or None, cors_origins=tuple(cors_origin),
+                               allow_image_url=allow_image_url)
+        app = create_app(services, settings)
+    except (ValueError, FileNotFoundError) as e:
+        raise fail(str(e)) from e
+    say(("serving", "green"), f" {', '.join(s.name for s in services)} on http://{host}:{port} "
+        f"(docs: /docs{'; token required' if settings.token else ''})")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def ui(
+    index: Annotated[Path, typer.Argument(help="Index folder to search.")],
+    port: Annotated[int, typer.Option(help="Port for the UI.", min=1, max=65535)] = 8501,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Open the search UI (Streamlit) on INDEX."""
+    if not (index / "index.json").is_file():
+        raise fail(f"{index} is not a retr index (no index.json)")
+    script = Path(__file__).resolve().parent / "ui" / "streamlit_app.py"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
+           "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "minimal", "--", "--index", str(index.resolve())]
+    say(("ui", "green"), f" http://{host}:{port} on {index}")
+    os.execv(sys.executable, cmd)  # become Streamlit: a signal to this process reaches the server
