@@ -1,0 +1,138 @@
+"""The dedup stage against brute force: exactly one kept per duplicate group (SemDeDup's issue #8 is
+to drop them all), kept + dropped = input, the keep policies, and evaluation leaks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from indexing.curation import (
+    connected_components,
+    drop_near,
+    exact_duplicates,
+    keep_one_per_group,
+    near_duplicate_pairs,
+    near_duplicates,
+)
+
+
+def _brute_components(n: int, edges: list[tuple[int, int]]) -> list[set[int]]:
+    """Components by depth-first search: the reference the numpy version must match."""
+    adj = {i: set() for i in range(n)}
+    for a, b in edges:
+        adj[a].add(b)
+        adj[b].add(a)
+    seen, comps = set(), []
+    for s in range(n):
+        if s in seen:
+            continue
+        stack, comp = [s], set()
+        while stack:
+            v = stack.pop()
+            if v not in comp:
+                comp.add(v)
+                stack.extend(adj[v] - comp)
+        seen |= comp
+        comps.append(comp)
+    return comps
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(n=st.integers(1, 40), data=st.data())
+def test_components_match_depth_first_search(n, data):
+    edges = data.draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=60))
+    a = np.array([e[0] for e in edges], np.int64)
+    b = np.array([e[1] for e in edges], np.int64)
+    labels = connected_components(n, a, b)
+    got = {}
+    for i, lab in enumerate(labels):
+        got.setdefault(int(lab), set()).add(i)
+    assert sorted(map(sorted, got.values())) == sorted(map(sorted, _brute_components(n, edges)))
+    assert all(lab == min(members) for lab, members in got.items())  # the label is the smallest member
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(n=st.integers(2, 60), threshold=st.floats(0.5, 0.99), seed=st.integers(0, 10_000),
+       policy=st.sampled_from(["first", "largest", "central"]))
+def test_exactly_one_kept_per_group_against_brute_force(n, threshold, seed, policy):
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((max(1, n // 3), 8)).astype(np.float32)
+    xb = base[rng.integers(0, len(base), n)] + 0.3 * rng.standard_normal((n, 8)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    ids = rng.permutation(10 * n)[:n].astype(np.int64)
+    pixels = rng.integers(1, 5, n) * 100
+    res = near_duplicates(ids, xb, threshold, keep=policy, k=n, pixels=pixels)
+    sims = xb @ xb.T
+    edges = [(i, j) for i in range(n) for j in range(i + 1, n) if sims[i, j] >= threshold]
+    comps = _brute_components(n, edges)
+    kept = set(res.kept.tolist())
+    dropped = res.dropped.to_pylist()
+    assert res.n == n and len(kept) + len(dropped) == n  # kept + dropped = input
+    assert len(kept) == len(comps)
+    for comp in comps:
+        members = {int(ids[i]) for i in comp}
+        assert len(members & kept) == 1, "exactly one kept per group"
+        (winner,) = members & kept
+        if policy == "first":
+            assert winner == min(members)
+        elif policy == "largest":
+            best = max(pixels[i] for i in comp)
+            assert winner == min(int(ids[i]) for i in comp if pixels[i] == best)
+    for row in dropped:
+        assert row["reason"] == "near_dup" and row["of_id"] in kept
+        i, j = np.flatnonzero(ids == row["id"])[0], np.flatnonzero(ids == row["of_id"])[0]
+        assert row["similarity"] == pytest.approx(float(sims[i, j]), abs=1e-5)
+
+
+def test_central_keeps_the_member_nearest_the_mean():
+    xb = np.array([[1, 0], [0.9, 0.436], [0.6, 0.8]], np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    winner = keep_one_per_group(np.zeros(3, np.int64), np.array([5, 6, 7]), "central", xb=xb)
+    assert winner.tolist() == [1, 1, 1]  # the middle vector
+
+
+def test_exact_duplicates_keep_one_per_hash():
+    ids = np.array([10, 11, 12, 13, 14])
+    res = exact_duplicates(ids, ["a", "b", "a", "c", "a"])
+    assert res.kept.tolist() == [10, 11, 13]
+    assert sorted((r["id"], r["of_id"], r["reason"]) for r in res.dropped.to_pylist()) == [
+        (12, 10, "exact"), (14, 10, "exact")]
+
+
+def test_eval_leaks_are_dropped_with_the_evaluation_id():
+    rng = np.random.default_rng(0)
+    pool = rng.standard_normal((50, 16)).astype(np.float32)
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    ev = pool[[3, 7]] + 0.01 * rng.standard_normal((2, 16)).astype(np.float32)
+    ev /= np.linalg.norm(ev, axis=1, keepdims=True)
+    res = drop_near(np.arange(50), pool, np.array([900, 901]), ev, 0.95)
+    assert sorted((r["id"], r["of_id"]) for r in res.dropped.to_pylist()) == [(3, 900), (7, 901)]
+    assert all(r["reason"] == "eval_leak" for r in res.dropped.to_pylist()) and len(res.kept) == 48
+
+
+def test_ivf_graph_finds_planted_duplicates():
+    """Above exact_below the graph uses IVF; planted copies must still be found."""
+    rng = np.random.default_rng(1)
+    xb = rng.standard_normal((6000, 32)).astype(np.float32)
+    copies = xb[:300] + 0.02 * rng.standard_normal((300, 32)).astype(np.float32)
+    xb = np.concatenate([xb, copies])
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    q, b, _ = near_duplicate_pairs(xb, 0.95, k=4, exact_below=1000)
+    found = {(min(i, j), max(i, j)) for i, j in zip(q.tolist(), b.tolist(), strict=True)}
+    planted = {(i, 6000 + i) for i in range(300)}
+    assert len(found & planted) / len(planted) >= 0.97
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(threshold=1.5), "between -1 and 1"),
+    (dict(keep="random"), "--keep must be one of"),
+])
+def test_bad_parameters_are_clear_errors(bad, message):
+    xb = np.eye(3, dtype=np.float32)
+    kwargs = {"threshold": 0.9, "keep": "first", **bad}
+    with pytest.raises(ValueError, match=message):
+        near_duplicates(np.arange(3), xb, kwargs["threshold"], keep=kwargs["keep"])
+    with pytest.raises(ValueError, match="one vector per id"):
+        near_duplicates(np.arange(4), xb, 0.9)
