@@ -177,10 +177,7 @@ class RetrievalIndex:
         self, queries: Sequence[Query], *, k: int = 10, where: str | None = None, target: str = "image"
     ) -> list[SearchResult]:
         """target="image" finds images; target="text" finds captions (image→text)."""
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
-        if target not in self._collections:
-            raise ValueError(f"this index has no {target!r} collection (available: {sorted(self._collections)})")
+        self._check_request(k, target)  # before the model runs
         return self.search_embedded(queries, self.embed_queries(queries), k=k, where=where, target=target)
 
     def search_embedded(
@@ -188,17 +185,20 @@ class RetrievalIndex:
     ) -> list[SearchResult]:
         """search_batch for queries already embedded (`xq` from embed_queries): a server embeds the texts
         of many requests in one forward pass, then answers each group of them here."""
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
-        if target not in self._collections:
-            raise ValueError(f"this index has no {target!r} collection (available: {sorted(self._collections)})")
+        self._check_request(k, target)
         k = min(k, max(1, self._collections[target].info.n))  # more than every vector is every vector
         D, I = self.search_vectors(np.ascontiguousarray(xq, np.float32), k, where=where, target=target)
         hits = self._hits_text(D, I) if target == "text" else self._hits_image(D, I)
         return [SearchResult(q, h) for q, h in zip(queries, hits, strict=True)]
 
+    def _check_request(self, k: object, target: str) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        if target not in self._collections:
+            raise ValueError(f"this index has no {target!r} collection (available: {sorted(self._collections)})")
+
     def _item_rows(self, ids: Sequence[int]) -> dict[int, dict]:
-        cols = ("id", "path", "caption", "url") if self._has_url else ("id", "path", "caption")
+        cols = ("id", "path", "caption", "url") if self.has_url else ("id", "path", "caption")
         return self.meta.rows(ids, cols)
 
     def _hits_image(self, D: np.ndarray, I: np.ndarray) -> list[list[Hit]]:
@@ -221,7 +221,8 @@ class RetrievalIndex:
         return out
 
     @property
-    def _has_url(self) -> bool:
+    def has_url(self) -> bool:
+        """Whether the items carry a `url` column (img2dataset shards): hits then report it."""
         if self._url is None:
             self._url = "url" in self.meta.columns()
         return self._url

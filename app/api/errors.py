@@ -8,6 +8,7 @@ import json
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from retrieval.search import QueryImageError, UnknownIdError
@@ -22,7 +23,7 @@ def error_response(status: int, message: str) -> JSONResponse:
                         headers=headers)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
+def _validation_message(exc: RequestValidationError | ValidationError) -> str:
     parts = []
     for err in exc.errors()[:10]:
         where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
@@ -42,6 +43,10 @@ def library_status(exc: ValueError) -> int:
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, _validation_message(exc))
+
+    @app.exception_handler(ValidationError)  # bodies the routes validate themselves (multipart, clip-back)
+    async def _invalid_body(request: Request, exc: ValidationError) -> JSONResponse:
         return error_response(422, _validation_message(exc))
 
     @app.exception_handler(HTTPException)

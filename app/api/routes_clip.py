@@ -82,7 +82,7 @@ async def knn_service(request: Request, state: Annotated[ApiState, Depends(get_s
         result = await asyncio.to_thread(_run, served, body, state, data, k)
     rows = {}
     with served.service.lease() as idx:
-        if "url" in idx.meta.columns():
+        if idx.has_url:
             rows = idx.meta.rows([h.id for h in result.results], ("id", "url"))
     return [KnnHit(id=h.id, similarity=h.score, caption=h.caption,
                    url=_image_url(request, h.id, rows.get(h.id, {}).get("url"))) for h in result.results]
