@@ -8,7 +8,6 @@ the report and the other stages (seed retrieval, hierarchical k-means, balanced 
 """
 
 from indexing.curation.dedup import (
-    StageResult,
     connected_components,
     drop_near,
     exact_duplicates,
@@ -17,8 +16,9 @@ from indexing.curation.dedup import (
     near_duplicate_pairs,
     near_duplicates,
 )
+from indexing.curation.result import DROPPED_SCHEMA, REASONS, StageResult, dropped_table
 
 __all__ = [
-    "StageResult", "connected_components", "drop_near", "exact_duplicates", "exact_groups", "keep_one_per_group",
-    "near_duplicate_pairs", "near_duplicates",
+    "DROPPED_SCHEMA", "REASONS", "StageResult", "connected_components", "drop_near", "dropped_table",
+    "exact_duplicates", "exact_groups", "keep_one_per_group", "near_duplicate_pairs", "near_duplicates",
 ]

@@ -15,39 +15,13 @@ duplicates and their similarity. kept + dropped = input, always.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import faiss
 import numpy as np
-import pyarrow as pa
 
-DROPPED_SCHEMA = pa.schema(
-    [("id", pa.int64()), ("reason", pa.string()), ("of_id", pa.int64()), ("similarity", pa.float32())]
-)
+from indexing.curation.result import StageResult, dropped_table
+
 KEEP_POLICIES = ("first", "largest", "central")
-
-
-@dataclass(frozen=True)
-class StageResult:
-    kept: np.ndarray  # (m,) int64 ids, ascending
-    dropped: pa.Table  # DROPPED_SCHEMA: id, reason, of_id (the kept item it matches, or an eval id), similarity
-
-    def __post_init__(self) -> None:
-        both = np.intersect1d(self.kept, self.dropped.column("id").to_numpy())
-        if len(both):
-            raise ValueError(f"ids both kept and dropped: {both[:5].tolist()}")
-
-    @property
-    def n(self) -> int:
-        return len(self.kept) + self.dropped.num_rows
-
-
-def _dropped(ids, reason: str, of_ids, sims) -> pa.Table:
-    n = len(ids)
-    return pa.table({"id": pa.array(np.asarray(ids, np.int64)), "reason": pa.array([reason] * n, pa.string()),
-                     "of_id": pa.array(np.asarray(of_ids, np.int64)), "similarity": pa.array(np.asarray(sims,
-                                                                                                 np.float32))},
-                    schema=DROPPED_SCHEMA)
 
 
 def _check_vectors(ids: np.ndarray, xb: np.ndarray) -> None:
@@ -182,7 +156,7 @@ def _by_winner(ids: np.ndarray, xb: np.ndarray | None, winner: np.ndarray, reaso
     sims = (np.einsum("ij,ij->i", xb[lost], xb[winner[lost]]) if xb is not None
             else np.ones(len(lost), np.float32))
     kept = np.sort(ids[winner == rows])
-    return StageResult(kept, _dropped(ids[lost], reason, ids[winner[lost]], sims))
+    return StageResult(kept, dropped_table(ids[lost], reason, ids[winner[lost]], sims))
 
 
 def exact_duplicates(ids: np.ndarray, keys: Sequence[str], *, keep: str = "first",
@@ -207,4 +181,4 @@ def drop_near(
     q, e, s = near_duplicate_pairs(np.ascontiguousarray(xe, np.float32), threshold, k=1, batch=batch, xq=xb)
     leak = np.zeros(len(ids), bool)
     leak[q] = True
-    return StageResult(np.sort(ids[~leak]), _dropped(ids[q], "eval_leak", eval_ids[e], s))
+    return StageResult(np.sort(ids[~leak]), dropped_table(ids[q], "eval_leak", eval_ids[e], s))
