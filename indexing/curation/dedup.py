@@ -1,7 +1,8 @@
 """Duplicate removal: exact copies by content hash, near-duplicates by cosine similarity.
 
 Near-duplicates are found as SemDeDup and DINOv2 do, on a k-NN graph: each vector's k nearest
-neighbours (faiss, inner product on unit vectors, queries in batches so memory stays bounded), edges
+neighbours (inner product on unit vectors; exact for small sets, above that an IVF search on faiss
+k-means lists done one list at a time with matrix products, so memory stays bounded), edges
 kept above a threshold, then connected components. The trap SemDeDup fell into (its issue #8) is to
 drop every member of a group; here exactly one member of each component is kept, chosen by a policy:
 `first` (the smallest id), `largest` (most pixels, ties to the smallest id) or `central` (closest to
@@ -94,43 +95,113 @@ def exact_groups(ids: np.ndarray, keys: Sequence[str]) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def _knn_index(xb: np.ndarray, exact_below: int) -> faiss.Index:
-    """Flat below `exact_below` vectors; an IVF index (nprobe 16 of sqrt-n lists) above."""
-    d = xb.shape[1]
-    if len(xb) < exact_below:
-        index = faiss.IndexFlatIP(d)
-    else:
-        nlist = int(4 * np.sqrt(len(xb)))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(0)
-        index.train(xb[rng.choice(len(xb), min(len(xb), 64 * nlist), replace=False)])
-        index.nprobe = 16
-    index.add(xb)
-    return index
+# The k-NN graph is an IVF search done list by list with matrix products (as faiss
+# contrib/big_batch_search does on GPUs): every query is compared with the members of its `nprobe`
+# nearest coarse lists in one BLAS call per list. On 2 CPU cores this is ~8x faster than
+# IndexIVFFlat.search on 200k×512 (per-vector scans), and needs no second copy of the vectors.
+GRAPH_NPROBE = 3  # lists each query visits: 0.98 of planted copies at cosine 0.90–0.98 found at 1M (bench_curate)
+BLOCK_ELEMS = 1 << 24  # similarities per matrix product (64 MiB of float32): bounds memory per block
+TRAIN_PER_LIST = 64  # coarse k-means trains on this many sampled vectors per list (faiss wants ≥ 39)
+
+
+def _coarse_lists(xb: np.ndarray, nq: int, exact_below: int) -> faiss.Index | None:
+    """Spherical k-means centroids as a flat IP quantizer; None for an exact (one-list) search.
+
+    nlist ≈ sqrt(nprobe·n) balances the two costs: assigning n vectors to nlist centroids
+    (n·nlist) and comparing each query with nprobe lists of n/nlist members (nq·nprobe·n/nlist)."""
+    n, d = xb.shape
+    if n < exact_below:
+        return None
+    nlist = max(1, min(int(np.sqrt(GRAPH_NPROBE * max(n, nq))), n // TRAIN_PER_LIST))
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(n, min(n, TRAIN_PER_LIST * nlist), replace=False))
+    km = faiss.Kmeans(d, nlist, niter=10, seed=0, spherical=True, max_points_per_centroid=TRAIN_PER_LIST)
+    km.train(np.ascontiguousarray(xb[sample], np.float32))
+    quantizer = faiss.IndexFlatIP(d)
+    quantizer.add(km.centroids)
+    return quantizer
+
+
+def _probe(quantizer: faiss.Index | None, x: np.ndarray, nprobe: int, batch: int) -> np.ndarray:
+    """(n, nprobe) nearest coarse lists of each row, assigned in batches."""
+    if quantizer is None:
+        return np.zeros((len(x), 1), np.int64)
+    nprobe = min(nprobe, quantizer.ntotal)
+    return np.concatenate([quantizer.search(np.ascontiguousarray(x[s:s + batch], np.float32), nprobe)[1]
+                           for s in range(0, len(x), batch)]).astype(np.int64)
+
+
+def _grouped(lists: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
+    """(order, bounds): positions of `lists` grouped by list; list l is order[bounds[l]:bounds[l+1]]."""
+    order = np.argsort(lists, kind="stable")
+    return order, np.searchsorted(lists[order], np.arange(nlist + 1))
+
+
+def _block_hits(sims: np.ndarray, threshold: float, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) of similarities ≥ threshold, at most the kk largest per row."""
+    mask = sims >= threshold
+    if mask.sum() > kk * len(sims) and sims.shape[1] > kk:  # low threshold: keep each row's top kk only
+        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        keep = np.take_along_axis(mask, top, axis=1)
+        return np.nonzero(keep)[0], top[keep]
+    return np.nonzero(mask)
+
+
+def _list_pairs(xb, queries, threshold: float, kk: int, batch: int, exact_below: int, block: int = BLOCK_ELEMS):
+    """(q, b, sim) of rows of `queries` against the members of their probed lists, list by list."""
+    quantizer = _coarse_lists(xb, len(queries), exact_below)
+    nlist = 1 if quantizer is None else quantizer.ntotal
+    probes = _probe(quantizer, queries, GRAPH_NPROBE, batch)
+    b_lists = probes[:, 0] if queries is xb else _probe(quantizer, xb, 1, batch)[:, 0]
+    b_order, b_bounds = _grouped(b_lists, nlist)
+    q_order, q_bounds = _grouped(probes.ravel(), nlist)
+    q_order //= probes.shape[1]
+    out_q, out_b, out_s = [], [], []
+    for lst in range(nlist):
+        members = b_order[b_bounds[lst]:b_bounds[lst + 1]]
+        rows = q_order[q_bounds[lst]:q_bounds[lst + 1]]
+        if not len(members) or not len(rows):
+            continue
+        # one list (exact search): members and queries are all rows in order, so slice rather than copy
+        xm = np.ascontiguousarray(xb[members] if nlist > 1 else xb, np.float32)
+        step = max(1, min(batch, block // len(members)))
+        for start in range(0, len(rows), step):
+            r = rows[start:start + step]
+            sims = np.ascontiguousarray(queries[r] if nlist > 1 else queries[r[0]:r[-1] + 1], np.float32) @ xm.T
+            i, j = _block_hits(sims, threshold, kk)
+            out_q.append(r[i])
+            out_b.append(members[j])
+            out_s.append(sims[i, j])
+    return _concat(out_q, np.int64), _concat(out_b, np.int64), _concat(out_s, np.float32)
+
+
+def _top_k(q: np.ndarray, b: np.ndarray, s: np.ndarray, k: int):
+    """The k most similar pairs of each query, grouped by query."""
+    order = np.lexsort((-s, q))
+    q, b, s = q[order], b[order], s[order]
+    starts = np.r_[True, q[1:] != q[:-1]] if len(q) else np.zeros(0, bool)
+    first = np.maximum.accumulate(np.where(starts, np.arange(len(q)), 0))
+    keep = np.arange(len(q)) - first < k
+    return q[keep], b[keep], s[keep]
 
 
 def near_duplicate_pairs(
     xb: np.ndarray, threshold: float, *, k: int = 16, batch: int = 65536, exact_below: int = 200_000,
-    xq: np.ndarray | None = None,
+    xq: np.ndarray | None = None, block: int = BLOCK_ELEMS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(q, b, sim): rows q of xq (xb itself when None) whose k nearest rows b of xb are at cosine ≥
-    threshold, self-pairs left out. Queries run in batches, so memory is the index plus one batch."""
+    threshold, self-pairs left out. Exact below `exact_below` vectors of xb, IVF above; memory is the
+    vectors as float32 plus one block of `block` similarities (float32) and its mask."""
     _check_threshold(threshold)
     xb = np.ascontiguousarray(xb, np.float32)
-    index = _knn_index(xb, exact_below)
     queries = xb if xq is None else np.ascontiguousarray(xq, np.float32)
-    kk = min(k + (1 if xq is None else 0), len(xb))
-    out_q, out_b, out_s = [], [], []
-    for start in range(0, len(queries), batch):
-        sims, nbrs = index.search(queries[start:start + batch], kk)
-        rows = np.arange(start, start + len(sims))[:, None].repeat(kk, axis=1)
-        keep = (sims >= threshold) & (nbrs >= 0)
-        if xq is None:
-            keep &= nbrs != rows
-        out_q.append(rows[keep])
-        out_b.append(nbrs[keep])
-        out_s.append(sims[keep])
-    return _concat(out_q, np.int64), _concat(out_b, np.int64), _concat(out_s, np.float32)
+    if not len(xb) or not len(queries):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    q, b, s = _list_pairs(xb, queries, threshold, k + (1 if xq is None else 0), batch, exact_below, block)
+    if xq is None:
+        keep = q != b
+        q, b, s = q[keep], b[keep], s[keep]
+    return _top_k(q, b, s, k)
 
 
 def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
@@ -139,13 +210,13 @@ def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
 
 def near_duplicates(
     ids: np.ndarray, xb: np.ndarray, threshold: float, *, keep: str = "first", k: int = 16,
-    pixels: np.ndarray | None = None, batch: int = 65536,
+    pixels: np.ndarray | None = None, batch: int = 65536, block: int = BLOCK_ELEMS,
 ) -> StageResult:
     """One item kept per connected group of items at cosine ≥ threshold; the rest dropped as
     `near_dup` of the kept one, with their similarity to it."""
     ids = np.asarray(ids, np.int64)
     _check_vectors(ids, xb)
-    q, b, _ = near_duplicate_pairs(xb, threshold, k=k, batch=batch)
+    q, b, _ = near_duplicate_pairs(xb, threshold, k=k, batch=batch, block=block)
     labels = connected_components(len(ids), q, b)
     return _by_winner(ids, xb, keep_one_per_group(labels, ids, keep, pixels=pixels, xb=xb), "near_dup")
 
@@ -171,14 +242,15 @@ def exact_duplicates(ids: np.ndarray, keys: Sequence[str], *, keep: str = "first
 
 def drop_near(
     ids: np.ndarray, xb: np.ndarray, eval_ids: np.ndarray, xe: np.ndarray, threshold: float, *,
-    batch: int = 65536,
+    batch: int = 65536, block: int = BLOCK_ELEMS,
 ) -> StageResult:
     """Drop pool items at cosine ≥ threshold of any evaluation item (DINOv2 keeps benchmarks out of
     training data this way): reason `eval_leak`, of_id the closest evaluation id."""
     ids, eval_ids = np.asarray(ids, np.int64), np.asarray(eval_ids, np.int64)
     _check_vectors(ids, xb)
     _check_vectors(eval_ids, xe)
-    q, e, s = near_duplicate_pairs(np.ascontiguousarray(xe, np.float32), threshold, k=1, batch=batch, xq=xb)
+    q, e, s = near_duplicate_pairs(np.ascontiguousarray(xe, np.float32), threshold, k=1, batch=batch, xq=xb,
+                                  block=block)
     leak = np.zeros(len(ids), bool)
     leak[q] = True
     return StageResult(np.sort(ids[~leak]), dropped_table(ids[q], "eval_leak", eval_ids[e], s))
