@@ -149,7 +149,12 @@ def models_prepare(
 
     try:
         encoder = _load_encoder(spec, device)
-        encoder.encode_texts(["a red heart"])  # it answers a query
+        if encoder.has_text:
+            encoder.encode_texts(["a red heart"])  # it answers a query
+        else:  # image-only (curation) models: one image through the whole path
+            from PIL import Image
+
+            encoder.encode_images([Image.new("RGB", (64, 64), "white")])
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise fail(str(e)) from e
     say(("ready", "green"), f" {spec}: {encoder.dim}-d vectors; its first-use files are in {cache_dir()}")

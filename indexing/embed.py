@@ -7,7 +7,8 @@ the source always lands in chunk i // chunk_size with id start_id + i, so a kill
 with the same command ends with every item exactly once.
 
 Every caption of an image gets a vector and a caption id (cid): the j-th caption of item i is
-cid start_cid + (captions of items before i) + j, as stable across reruns as the ids.
+cid start_cid + (captions of items before i) + j, as stable across reruns as the ids. An image-only
+encoder (`has_text` False) gets none: its chunks hold image vectors, and captions only as item metadata.
 
 Decoding and preprocessing run in DataLoader workers, overlapping the model in the main process.
 """
@@ -27,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from indexing.atomic import remove_stale_temps, write_json, write_npy, write_parquet
+from indexing.curation.phash import phash
 from indexing.decode import DecodeError, DecodeLimits, decode_image
 from indexing.download import DownloadLimits
 from indexing.sources import Item, read_item_bytes, source_fingerprint
@@ -71,6 +73,7 @@ class _Loaded:
     width: int = 0
     height: int = 0
     format: str = ""
+    phash: int = 0  # perceptual hash of the decoded pixels (indexing.curation.phash), for pixel-level dedup
     reason: str = ""
     message: str = ""
 
@@ -107,7 +110,8 @@ class _DecodeDataset(torch.utils.data.Dataset):
             pixels = self.preprocess.to_uint8(dec.image)  # normalised in the main process, see _embed_chunk
         except DecodeError as e:
             return _Loaded(i, None, sha256=sha, reason=e.reason, message=str(e))
-        return _Loaded(i, pixels, sha256=sha, width=dec.width, height=dec.height, format=dec.format)
+        return _Loaded(i, pixels, sha256=sha, width=dec.width, height=dec.height, format=dec.format,
+                       phash=phash(dec.image))
 
 
 def _os_message(item: Item, e: OSError) -> str:
@@ -274,7 +278,8 @@ def _embed_chunk(
             continue
         ok.extend(b.ok)
         batch_texts = []
-        for x in b.ok:
+        captioned = b.ok if encoder.has_text else []  # image-only models: no caption vectors, no caption rows
+        for x in captioned:
             caps = items[x.index].captions
             cids.extend(range(ids.start_cid + int(ids.offsets[x.index]), ids.start_cid + int(ids.offsets[x.index + 1])))
             owners.extend([ids.start_id + x.index] * len(caps))

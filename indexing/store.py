@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 REJECT_SCHEMA = pa.schema(
     [("path", pa.string()), ("reason", pa.string()), ("message", pa.string()), ("sha256", pa.string())]
 )
-BASE_COLUMNS = ("id", "path", "caption", "sha256", "width", "height", "format", "chunk", "row")
+BASE_COLUMNS = ("id", "path", "caption", "sha256", "width", "height", "format", "phash", "chunk", "row")
 # Names the index gives its own columns: a source column so named is stored under another name.
 RESERVED_COLUMNS = (*BASE_COLUMNS, "segment")
 CAPTION_SCHEMA = pa.schema([("cid", pa.int64()), ("id", pa.int64()), ("caption", pa.string()), ("row", pa.int32())])
@@ -79,6 +79,7 @@ def item_table(ok: Sequence[Any], items: Sequence[Any], start_id: int, chunk: in
         "width": pa.array([x.width for x in ok], pa.int32()),
         "height": pa.array([x.height for x in ok], pa.int32()),
         "format": pa.array([x.format for x in ok], pa.string()),
+        "phash": pa.array([x.phash for x in ok], pa.int64()),
         "chunk": pa.array([chunk] * len(ok), pa.int64()),
         "row": pa.array(list(range(len(ok))), pa.int64()),
     }

@@ -313,4 +313,4 @@ def test_listing_models_imports_no_model_library():
     )
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
-    assert out.stdout.split("\n")[0] == "5 []"
+    assert out.stdout.split("\n")[0] == "6 []"

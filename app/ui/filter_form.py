@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from indexing.filters import quote_identifier
 
 # Bookkeeping columns a person never filters on (where vectors live, content hashes).
-INTERNAL_COLUMNS = frozenset({"id", "chunk", "row", "segment", "sha256"})
+INTERNAL_COLUMNS = frozenset({"id", "chunk", "row", "segment", "sha256", "phash"})
 # Free text by nature, however few values a small index has: these get a "contains" box.
 FREE_TEXT_COLUMNS = frozenset({"path", "caption", "url"})
 # A string column with at most this many distinct values gets a multiselect; more read as free text

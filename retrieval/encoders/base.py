@@ -83,6 +83,9 @@ class Encoder(abc.ABC):
     # indexes and embedding jobs record it so vectors of two different models never mix. Empty
     # when the name itself pins the weights.
     weights_id: str = ""
+    # False for image-only models (ImageOnlyEncoder): indexes built with them hold no caption vectors,
+    # and only image queries can search them.
+    has_text: bool = True
 
     @abc.abstractmethod
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
@@ -98,3 +101,29 @@ class Encoder(abc.ABC):
             return np.zeros((0, self.dim), np.float32)
         pixels = torch.stack([self.preprocess(im) for im in images])
         return self.encode_pixels(pixels)
+
+
+class ImageOnlyEncoder(Encoder):
+    """An image encoder without a text side, for image→image search and curation (near-duplicates).
+
+    Subclasses set `name`, `dim`, `preprocess` and implement `features`; vectors are its rows,
+    L2-normalised. `encode_texts` refuses with a message that says what to do instead.
+    """
+
+    has_text = False
+
+    @abc.abstractmethod
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed batch on `device` -> (B, dim) unnormalised features."""
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return l2_normalize(self.features(pixels.to(self.device)).float().cpu().numpy())
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        raise ValueError(
+            f"{self.name} is an image-only model: search its index with an image (--image / --image-id), "
+            "or use it for `retr curate`"
+        )

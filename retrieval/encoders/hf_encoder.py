@@ -1,4 +1,4 @@
-"""`hf:REPO_OR_DIR` — transformers CLIPModel and SiglipModel checkpoints.
+"""`hf:REPO_OR_DIR` — transformers CLIPModel and SiglipModel checkpoints, and Dinov2Model as an image-only model.
 
     hf:/models/my-clip                 a folder written by save_pretrained (config.json, weights,
                                        tokenizer files, preprocessor_config.json)
@@ -6,6 +6,9 @@
 
 The model family comes from config.json's model_type; image size, mean, std and crop from the
 checkpoint's image processor config, so a fine-tuned checkpoint brings its own preprocessing.
+A DINOv2 checkpoint (model_type `dinov2`) has no text tower: its vector is the final-layernormed
+[cls] token (pooler_output), for image→image search and curation; without a preprocessor_config.json
+it gets ImageNet mean/std at 224 px.
 transformers is imported inside `load`, so listing models stays cheap.
 """
 
@@ -18,10 +21,11 @@ import numpy as np
 import torch
 
 from retrieval.encoders import ModelInfo, package_available
-from retrieval.encoders.base import Encoder, ImagePreprocess, l2_normalize
+from retrieval.encoders.base import Encoder, ImageOnlyEncoder, ImagePreprocess, l2_normalize
 
 # config.json model_type -> transformers class
 MODEL_CLASSES = {"clip": "CLIPModel", "siglip": "SiglipModel"}
+IMAGE_ONLY_CLASSES = {"dinov2": "Dinov2Model"}
 # How each family was trained to see text. SigLIP pools the last position and was trained on
 # sequences padded to full length, so it must be padded the same way; CLIP pools the EOS token.
 TEXT_PADDING = {"clip": True, "siglip": "max_length"}
@@ -57,14 +61,19 @@ def _side(size, *keys: str) -> int | None:
     return int(values[0])
 
 
-def image_preprocess(processor) -> ImagePreprocess:
-    """A transformers image processor -> ImagePreprocess (square input, resize + crop or squash)."""
+def image_preprocess(processor, *, crop_whole_side: bool = False) -> ImagePreprocess:
+    """A transformers image processor -> ImagePreprocess (square input, resize + crop or squash).
+
+    crop_whole_side: a processor that resizes the shortest side past the crop (DINOv2: 256, then 224) is
+    read as resizing it straight to the crop, which keeps the whole short side in view.
+    """
     mean, std = tuple(processor.image_mean), tuple(processor.image_std)
     if getattr(processor, "do_center_crop", False):
         crop = _side(processor.crop_size, "height", "width")
         short = _side(processor.size, "shortest_edge")
         # ImagePreprocess resizes the shortest side straight to the crop size (CLIP's eval recipe).
-        if crop is None or short != crop:
+        resized_past_crop = crop_whole_side and crop is not None and short is not None and short > crop
+        if crop is None or (short != crop and not resized_past_crop):
             raise ValueError(
                 f"image processor resizes to {processor.size} then crops {processor.crop_size}; "
                 "retr supports resize-shortest-side to the crop size, or a square resize"
@@ -116,6 +125,30 @@ class HFEncoder(Encoder):
             return l2_normalize(_features(tower(**inputs)).float().cpu().numpy())
 
 
+class HFImageEncoder(ImageOnlyEncoder):
+    """A transformers vision backbone (Dinov2Model) whose pooler_output is the image's vector."""
+
+    def __init__(self, *, name: str, model, preprocess: ImagePreprocess, device: str) -> None:
+        self.name, self.model, self.preprocess, self.device = name, model, preprocess, device
+        self.dim = model.config.hidden_size
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixels.float()).pooler_output  # (B, hidden): layernormed [cls]
+
+
+def _load_image_only(rest: str, model_type: str, device: str) -> HFImageEncoder:
+    import transformers
+
+    from retrieval.encoders.dinov2 import DINOV2_PREPROCESS
+
+    try:
+        preprocess = image_preprocess(transformers.AutoImageProcessor.from_pretrained(rest), crop_whole_side=True)
+    except OSError:  # no preprocessor_config.json: DINOv2's own recipe, ImageNet mean/std at 224
+        preprocess = DINOV2_PREPROCESS
+    model = getattr(transformers, IMAGE_ONLY_CLASSES[model_type]).from_pretrained(rest).float().to(device).eval()
+    return HFImageEncoder(name=f"hf:{rest}", model=model, preprocess=preprocess, device=device)
+
+
 def _siglip_ready() -> bool:
     return package_available("sentencepiece") and package_available("google.protobuf")
 
@@ -125,10 +158,13 @@ def load(rest: str, device: str) -> Encoder:
 
     allow_torchvision_without_ops()  # transformers' vision models import torchvision when it is installed
     config = _load_config(rest)
+    if config.model_type in IMAGE_ONLY_CLASSES:
+        return _load_image_only(rest, config.model_type, device)
     if config.model_type not in MODEL_CLASSES:
         raise ValueError(
             f"hf:{rest} is a {config.model_type!r} checkpoint; hf: loads CLIPModel and SiglipModel "
-            f"checkpoints (model_type {' or '.join(map(repr, MODEL_CLASSES))})"
+            f"checkpoints, and Dinov2Model as an image-only model "
+            f"(model_type {' or '.join(map(repr, [*MODEL_CLASSES, *IMAGE_ONLY_CLASSES]))})"
         )
     if config.model_type == "siglip" and not _siglip_ready():
         raise ValueError(f"SigLIP's tokenizer needs sentencepiece and protobuf: {SIGLIP_NEEDS}")
@@ -170,5 +206,12 @@ def models() -> list[ModelInfo]:
             available=siglip_ready,
             needs="" if siglip_ready else SIGLIP_NEEDS,
             description="transformers SiglipModel checkpoint: a save_pretrained folder or a cached hub repo",
+        ),
+        ModelInfo(
+            spec="hf:DINOV2_REPO_OR_DIR",
+            dim=None,
+            available=clip_ready,
+            needs="" if clip_ready else "pip install retr",
+            description="transformers Dinov2Model checkpoint, image-only ([cls] token): for image search and curation",
         ),
     ]

@@ -28,7 +28,7 @@ import torch
 
 from indexing.atomic import write_npy
 from indexing.cache import cache_dir
-from retrieval.encoders import ModelInfo, package_available
+from retrieval.encoders import ModelInfo, image_only, package_available
 from retrieval.encoders.base import Encoder, l2_normalize
 from retrieval.encoders.imagenet_classes import imagenet_class_glosses, imagenet_class_names
 from retrieval.encoders.text_towers import DEFAULT_TEXT_TOWER, TEXT_TOWERS, TextTower, text_tower_missing
@@ -272,8 +272,10 @@ def _missing(tower: str = IMAGE_TOWERS[0], text_tower: str = DEFAULT_TEXT_TOWER)
 
 
 def load(rest: str, device: str) -> Encoder:
-    """`imagenet-bridge[-lite1|-lite2]`, a committed checkpoint (`default`, `minilm`), or the folder of a run
-    trained with `retr train`."""
+    """`imagenet-bridge[-lite1|-lite2]`, a committed checkpoint (`default`, `minilm`), the folder of a run
+    trained with `retr train`, or an image-only model (retrieval.encoders.image_only: `sscd`, ...)."""
+    if f"retr:{rest}" in image_only.MODELS:
+        return image_only.load(f"retr:{rest}", device)
     bridges = {spec.removeprefix("retr:"): tower for tower, spec in _BRIDGE_SPECS.items()}
     folder = CHECKPOINTS / rest if rest in COMMITTED else Path(rest)
     text_tower = DEFAULT_TEXT_TOWER
@@ -322,4 +324,4 @@ def models() -> list[ModelInfo]:
             description="heads trained by `retr train` (the run's out folder) on the same towers",
         )
     )
-    return out
+    return out + image_only.models()
