@@ -17,6 +17,7 @@ import typer
 
 from app import models_cli, search_cli, serve_cli
 from app.console import fail, say
+from app.curate_cli import curate_app
 from app.data_cli import data_app
 from app.models_cli import DEFAULT_MODEL, Device, models_app
 from indexing import build as build_mod
@@ -33,6 +34,7 @@ index_app = typer.Typer(help="Build, grow and inspect sharded FAISS indexes.", n
 app.add_typer(index_app, name="index")
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+app.add_typer(curate_app, name="curate")
 app.command("search")(search_cli.search)
 app.command("train")(models_cli.train_cmd)
 app.command("eval")(models_cli.eval_cmd)

@@ -1,0 +1,137 @@
+"""`retr curate dedup` on a pool: exact copies, then pixel copies, then near-duplicates, then
+evaluation leaks, each step on what the step before kept.
+
+    result = dedup_pool(pool, DedupConfig(threshold=0.6), evals=[eval_pool])
+
+Exact copies share the sha256 of their bytes; pixel copies share a perceptual hash of their decoded
+pixels (a re-saved or re-encoded file); near-duplicates are connected groups of the k-NN graph at
+cosine ≥ threshold. One item is kept per group everywhere. `duplicates` (in kept.parquet) counts the
+items each kept one stands for, through every step: an exact copy of an item that is itself a
+near-duplicate of X counts for X.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from indexing.curation.dedup import KEEP_POLICIES, drop_near, exact_duplicates, near_duplicates
+from indexing.curation.pool import Pool, pixels_of
+from indexing.curation.result import StageResult, dropped_table
+
+# Cosine thresholds at which each model's near-duplicates reached the best precision/recall balance on
+# real edited copies (bench/bench_dedup_quality.py; docs/benchmarks.md "Near-duplicate quality").
+DEFAULT_THRESHOLDS: dict[str, float] = {}
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    threshold: float | None = None  # cosine; None: the model's measured default (DEFAULT_THRESHOLDS)
+    keep: str = "first"  # which member of a group stays: first (smallest id) / largest (pixels) / central
+    k: int = 16  # neighbours per item in the k-NN graph: a group larger than k+1 is still found through chains
+    exact: bool = True  # drop identical bytes (sha256)
+    pixel: bool = True  # drop identical decoded pixels (perceptual hash)
+    near: bool = True  # drop near-duplicates by embedding
+    batch: int = 65536  # k-NN queries per faiss call: memory is the index plus one batch of results
+    # working memory of the k-NN graph beyond the vectors themselves (n × d × 4 bytes): similarity blocks
+    max_memory: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        if self.keep not in KEEP_POLICIES:
+            raise ValueError(f"--keep must be one of {', '.join(KEEP_POLICIES)}, got {self.keep!r}")
+        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"--threshold is a cosine similarity in (0, 1], got {self.threshold}")
+        if self.k < 1 or self.batch < 1:
+            raise ValueError("k and batch must be at least 1")
+        if self.max_memory < 64 << 20:
+            raise ValueError(f"--max-memory must be at least 64MB, got {self.max_memory} bytes")
+
+    @property
+    def block(self) -> int:
+        """Similarities per matrix product: a float32 block, its mask and top-k scratch (~8 bytes each)
+        in half the budget; the other half holds the graph's edges."""
+        return self.max_memory // 16
+
+    def threshold_for(self, model: str) -> float:
+        if self.threshold is not None:
+            return self.threshold
+        if model not in DEFAULT_THRESHOLDS:
+            known = ", ".join(f"{m} ({t})" for m, t in DEFAULT_THRESHOLDS.items())
+            raise ValueError(f"no measured near-duplicate threshold for {model}; pass --threshold "
+                             f"(measured defaults: {known})")
+        return DEFAULT_THRESHOLDS[model]
+
+
+def _hash_keys(pool: Pool, column: str) -> list[str]:
+    if column not in pool.meta.column_names or pool.meta.column(column).null_count:
+        raise ValueError(f"the pool has no {column} for every item (an index built before retr stored it): "
+                         f"build it again, or run with --no-{'exact' if column == 'sha256' else 'pixel'}")
+    return [str(v) for v in pool.meta.column(column).to_pylist()]
+
+
+@dataclass(frozen=True)
+class DedupOutcome:
+    result: StageResult
+    leak_images: dict[int, str]  # dropped pool id → path of the evaluation item it leaks
+    threshold: float | None  # the cosine threshold used (None when no step needed one)
+
+
+def dedup_pool(pool: Pool, config: DedupConfig, evals: Sequence[Pool] = ()) -> DedupOutcome:
+    """The dedup steps config asks for, in order, on `pool`; evaluation pools must share its model."""
+    if len(pool) == 0:
+        raise ValueError("the pool is empty: nothing to deduplicate")
+    for e in evals:
+        if e.model != pool.model:
+            raise ValueError(f"evaluation set vectors are {e.model}, the pool's are {pool.model}")
+    threshold = config.threshold_for(pool.model) if (config.near or evals) else None
+    ids, xb, pixels = pool.ids, pool.xb, pixels_of(pool)
+    live = np.ones(len(ids), bool)
+    steps: list[StageResult] = []
+    leak_images: dict[int, str] = {}
+
+    def run(step: StageResult) -> None:
+        steps.append(step)
+        live[:] &= np.isin(ids, step.kept)
+
+    if config.exact:
+        run(exact_duplicates(ids, _hash_keys(pool, "sha256"), keep=config.keep, pixels=pixels))
+    if config.pixel:
+        keys = _hash_keys(pool, "phash")
+        rows = np.flatnonzero(live)
+        run(exact_duplicates(ids[rows], [keys[r] for r in rows], keep=config.keep, pixels=pixels[rows],
+                             reason="pixel"))
+    if config.near:
+        rows = np.flatnonzero(live)
+        run(near_duplicates(ids[rows], xb[rows], threshold, keep=config.keep, k=config.k, pixels=pixels[rows],
+                            batch=config.batch, block=config.block))
+    for e in evals:
+        rows = np.flatnonzero(live)
+        step = drop_near(ids[rows], xb[rows], e.ids, e.xb, threshold, batch=config.batch, block=config.block)
+        eval_paths = e.meta.column("path").to_pylist()
+        by_id = dict(zip(e.ids.tolist(), eval_paths, strict=True)) if step.dropped.num_rows else {}
+        for pid, of in zip(step.dropped.column("id").to_pylist(), step.dropped.column("of_id").to_pylist(),
+                           strict=True):
+            leak_images[pid] = by_id[of]
+        run(step)
+    kept = ids[live]
+    dropped = pa.concat_tables([s.dropped for s in steps]) if steps else dropped_table([], "exact")
+    return DedupOutcome(StageResult(kept, dropped, _group_sizes(kept, dropped)), leak_images, threshold)
+
+
+def _group_sizes(kept: np.ndarray, dropped: pa.Table) -> pa.Table:
+    """`duplicates` per kept id: the dropped copies it stands for, following chains of of_id (an exact
+    copy of a near-duplicate counts for the item finally kept). Evaluation leaks stand for nothing."""
+    rep = {int(i): int(o) for i, o, r in zip(dropped.column("id").to_pylist(), dropped.column("of_id").to_pylist(),
+                                              dropped.column("reason").to_pylist(), strict=True) if r != "eval_leak"}
+    counts = dict.fromkeys(kept.tolist(), 0)
+    for start in rep:
+        node = start
+        while node in rep:
+            node = rep[node]
+        if node in counts:
+            counts[node] += 1
+    return pa.table({"id": pa.array(kept, pa.int64()),
+                     "duplicates": pa.array([counts[int(i)] for i in kept], pa.int64())})
