@@ -62,16 +62,31 @@ def serve(
 
 
 def ui(
-    index: Annotated[Path, typer.Argument(help="Index folder to search.")],
+    index: Annotated[Path | None, typer.Argument(help="Index folder to search.")] = None,
+    curation: Annotated[Path | None, typer.Option(
+        help="Browse a curation folder instead: a `retr curate` stage's --out or a `retr curate run` folder.")
+    ] = None,
     port: Annotated[int, typer.Option(help="Port for the UI.", min=1, max=65535)] = 8501,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
-    """Open the search UI (Streamlit) on INDEX."""
-    if not (index / "index.json").is_file():
-        raise fail(f"{index} is not a retr index (no index.json)")
-    script = Path(__file__).resolve().parent / "ui" / "streamlit_app.py"
+    """Open the search UI (Streamlit) on INDEX, or the curation page on --curation DIR."""
+    if (index is None) == (curation is None):
+        raise fail("give an INDEX folder to search, or --curation DIR to browse a curation run (not both)")
+    if curation is not None:
+        from indexing.curation.browse import list_stages
+
+        try:
+            list_stages(curation)
+        except (ValueError, OSError) as e:
+            raise fail(str(e)) from e
+        page, args, what = "curation_page.py", ["--curation", str(curation.resolve())], curation
+    else:
+        if not (index / "index.json").is_file():
+            raise fail(f"{index} is not a retr index (no index.json)")
+        page, args, what = "streamlit_app.py", ["--index", str(index.resolve())], index
+    script = Path(__file__).resolve().parent / "ui" / page
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
            "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--client.toolbarMode", "minimal", "--", "--index", str(index.resolve())]
-    say(("ui", "green"), f" http://{host}:{port} on {index}")
+           "--client.toolbarMode", "minimal", "--", *args]
+    say(("ui", "green"), f" http://{host}:{port} on {what}")
     os.execv(sys.executable, cmd)  # become Streamlit: a signal to this process reaches the server
