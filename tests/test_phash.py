@@ -38,6 +38,8 @@ def test_identical_images_hash_equal_and_file_matches_image():
     png = io.BytesIO()
     image.save(png, "PNG")
     assert phash_file(png.getvalue()) == phash(image)
+    # 31 of the 63 non-DC coefficients are above their median, and the DC term always is
+    assert bin(phash(image) & 0xFFFF_FFFF_FFFF_FFFF).count("1") == 32
 
 
 @pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea", "rocket"])

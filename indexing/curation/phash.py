@@ -7,7 +7,8 @@
 The recipe is Zauner's (and the `imagehash` package's): grey levels, shrunk to 32×32 so that only
 coarse structure is left, a 2-D DCT-II, and the 8×8 lowest frequencies, each one bit: above the
 median of those 64 or not. The median is taken over the 63 others: the DC term (the mean brightness)
-is far above every other coefficient and would only pull the median with it. Hashes are numpy int64 so they
+is far above every other coefficient and would only pull the median with it. So every hash has 32
+ones (the DC bit and 31 of the other 63), and distances between hashes are always even. Hashes are numpy int64 so they
 store in Arrow/parquet `int64` columns; `phash_similarity` maps a distance to [0, 1] so pHash can
 sit on the same threshold curve as cosine models.
 
@@ -59,6 +60,11 @@ def _bits_to_int64(bits: np.ndarray) -> int:
 
 def phash(image: Image.Image) -> int:
     """The image's 64-bit perceptual hash, as a signed int64 value (bit 63 is the sign)."""
+    # A box-filter reduction first, to about 3 × the hash's side: a 12-megapixel photo took ~120 ms
+    # through LANCZOS alone, ~10 ms this way, with the same hashes on the photos we checked.
+    factor = min(image.size) // (_SIDE * 3)
+    if factor > 1:
+        image = (image if image.mode in ("RGB", "RGBA", "L", "LA") else image.convert("RGBA")).reduce(factor)
     x = np.asarray(_grey(image).resize((_SIDE, _SIDE), _RESAMPLE), dtype=np.float64)  # (32, 32)
     c = _dct_matrix(_SIDE)
     low = (c @ x @ c.T)[:_LOW, :_LOW].ravel()  # (64,), low[0] the DC term
