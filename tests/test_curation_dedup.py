@@ -15,7 +15,9 @@ from indexing.curation import (
     keep_one_per_group,
     near_duplicate_pairs,
     near_duplicates,
+    pixel_duplicates,
 )
+from indexing.curation.phash import hamming
 
 
 def _brute_components(n: int, edges: list[tuple[int, int]]) -> list[set[int]]:
@@ -136,3 +138,26 @@ def test_bad_parameters_are_clear_errors(bad, message):
         near_duplicates(np.arange(3), xb, kwargs["threshold"], keep=kwargs["keep"])
     with pytest.raises(ValueError, match="one vector per id"):
         near_duplicates(np.arange(4), xb, 0.9)
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(n=st.integers(2, 50), bits=st.integers(0, 12), seed=st.integers(0, 10_000))
+def test_pixel_duplicates_keep_one_per_group_of_close_hashes(n, bits, seed):
+    """Groups are the components of 'at most `bits` bits apart', checked pair by pair; planted copies
+    (a few bits flipped) join their original's group."""
+    rng = np.random.default_rng(seed)
+    hashes = rng.integers(-(2**63), 2**63 - 1, size=n, dtype=np.int64)
+    for i in range(1, n, 3):  # every third item: a copy of the one before, 0–4 bits flipped
+        flips = rng.choice(64, rng.integers(0, 5), replace=False)
+        hashes[i] = hashes[i - 1] ^ np.int64(sum(1 << int(f) for f in flips) - (1 << 64 if 63 in flips else 0))
+    ids = rng.permutation(n).astype(np.int64) * 3
+    result = pixel_duplicates(ids, hashes, bits)
+    dist = hamming(hashes[:, None], hashes[None, :])
+    edges = [(i, j) for i in range(n) for j in range(i + 1, n) if dist[i, j] <= bits]
+    groups = _brute_components(n, edges)
+    kept = set(result.kept.tolist())
+    assert all(len(kept & {int(ids[i]) for i in g}) == 1 for g in groups)  # exactly one kept per group
+    assert len(kept) + result.dropped.num_rows == n
+    group_of = {int(ids[i]): gi for gi, g in enumerate(groups) for i in g}
+    for row in result.dropped.to_pylist():
+        assert row["reason"] == "pixel" and group_of[row["id"]] == group_of[row["of_id"]]

@@ -32,6 +32,7 @@ from indexing.curation.dedup import (
     keep_one_per_group,
     near_duplicate_pairs,
     near_duplicates,
+    pixel_duplicates,
 )
 from indexing.curation.hkmeans import Hierarchy, KMeansConfig, assign, hierarchical_kmeans, kmeans
 from indexing.curation.result import DROPPED_SCHEMA, REASONS, StageResult, dropped_table
@@ -42,5 +43,5 @@ __all__ = [
     "DROPPED_SCHEMA", "REASONS", "STRATEGIES", "Hierarchy", "KMeansConfig", "SearchConfig", "StageResult", "assign",
     "balanced_sample", "cluster_stage", "connected_components", "drop_near", "dropped_table", "exact_duplicates",
     "exact_groups", "hierarchical_kmeans", "keep_one_per_group", "kmeans", "near_duplicate_pairs",
-    "near_duplicates", "pool_index", "retrieve_cluster", "retrieve_sample", "water_fill",
+    "near_duplicates", "pixel_duplicates", "pool_index", "retrieve_cluster", "retrieve_sample", "water_fill",
 ]

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import faiss
 import numpy as np
 
+from indexing.curation.phash import hamming, phash_pairs, phash_similarity
 from indexing.curation.result import StageResult, dropped_table
 
 KEEP_POLICIES = ("first", "largest", "central")
@@ -238,6 +239,25 @@ def exact_duplicates(ids: np.ndarray, keys: Sequence[str], *, keep: str = "first
         raise ValueError(f"expected one key per id: {len(ids)} ids, {len(keys)} keys")
     policy = "first" if keep == "central" else keep  # identical content: no vector centre to choose by
     return _by_winner(ids, None, keep_one_per_group(exact_groups(ids, keys), ids, policy, pixels=pixels), reason)
+
+
+def pixel_duplicates(ids: np.ndarray, hashes: np.ndarray, max_bits: int, *, keep: str = "first",
+                     pixels: np.ndarray | None = None) -> StageResult:
+    """One item kept per connected group of perceptual hashes at most `max_bits` apart (reason `pixel`,
+    similarity 1 - bits/64). A re-encoded or resized copy moves a 64-bit DCT hash by a few bits; a crop,
+    a mirror or a rotation by many more, which the embedding step is for."""
+    ids = np.asarray(ids, np.int64)
+    hashes = np.asarray(hashes, np.int64)
+    if len(hashes) != len(ids):
+        raise ValueError(f"expected one hash per id: {len(ids)} ids, {len(hashes)} hashes")
+    q, b, _ = phash_pairs(hashes, max_bits)
+    labels = connected_components(len(ids), q, b)
+    policy = "first" if keep == "central" else keep  # no vectors here to find a centre by
+    winner = keep_one_per_group(labels, ids, policy, pixels=pixels)
+    rows = np.arange(len(ids))
+    lost = np.flatnonzero(winner != rows)
+    sims = phash_similarity(hamming(hashes[lost], hashes[winner[lost]])).astype(np.float32)
+    return StageResult(np.sort(ids[winner == rows]), dropped_table(ids[lost], "pixel", ids[winner[lost]], sims))
 
 
 def drop_near(

@@ -18,13 +18,17 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from indexing.curation.dedup import KEEP_POLICIES, drop_near, exact_duplicates, near_duplicates
+from indexing.curation.dedup import KEEP_POLICIES, drop_near, exact_duplicates, near_duplicates, pixel_duplicates
 from indexing.curation.pool import Pool, pixels_of
 from indexing.curation.result import StageResult, dropped_table
 
 # Cosine thresholds at which each model's near-duplicates reached the best precision/recall balance on
 # real edited copies (bench/bench_dedup_quality.py; docs/benchmarks.md "Near-duplicate quality").
-DEFAULT_THRESHOLDS: dict[str, float] = {}
+# Chosen by max min(P, R) over all edits pooled; retr:effnet-lite0 is the best of them there.
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "retr:effnet-lite0": 0.846, "retr:sscd": 0.590, "retr:sscd-student": 0.660, "retr:dinov2-small": 0.953,
+    "retr:default": 0.806, "retr:minilm": 0.833,
+}
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,10 @@ class DedupConfig:
     keep: str = "first"  # which member of a group stays: first (smallest id) / largest (pixels) / central
     k: int = 16  # neighbours per item in the k-NN graph: a group larger than k+1 is still found through chains
     exact: bool = True  # drop identical bytes (sha256)
-    pixel: bool = True  # drop identical decoded pixels (perceptual hash)
+    pixel: bool = True  # drop pixel copies: perceptual hashes at most pixel_bits apart
+    # 8 of 64 bits: 0.99 precise on the duplicate benchmark, recall ≥ 0.99 for JPEG and resizes, which
+    # embeddings of small images miss most (docs/benchmarks.md "Near-duplicate quality")
+    pixel_bits: int = 8
     near: bool = True  # drop near-duplicates by embedding
     batch: int = 65536  # k-NN queries per faiss call: memory is the index plus one batch of results
     # working memory of the k-NN graph beyond the vectors themselves (n × d × 4 bytes): similarity blocks
@@ -44,6 +51,8 @@ class DedupConfig:
             raise ValueError(f"--keep must be one of {', '.join(KEEP_POLICIES)}, got {self.keep!r}")
         if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"--threshold is a cosine similarity in (0, 1], got {self.threshold}")
+        if not 0 <= self.pixel_bits < 32:
+            raise ValueError(f"--pixel-bits is between 0 and 31 of the hash's 64 bits, got {self.pixel_bits}")
         if self.k < 1 or self.batch < 1:
             raise ValueError("k and batch must be at least 1")
         if self.max_memory < 64 << 20:
@@ -99,10 +108,9 @@ def dedup_pool(pool: Pool, config: DedupConfig, evals: Sequence[Pool] = ()) -> D
     if config.exact:
         run(exact_duplicates(ids, _hash_keys(pool, "sha256"), keep=config.keep, pixels=pixels))
     if config.pixel:
-        keys = _hash_keys(pool, "phash")
+        hashes = np.asarray([int(h) for h in _hash_keys(pool, "phash")], np.int64)
         rows = np.flatnonzero(live)
-        run(exact_duplicates(ids[rows], [keys[r] for r in rows], keep=config.keep, pixels=pixels[rows],
-                             reason="pixel"))
+        run(pixel_duplicates(ids[rows], hashes[rows], config.pixel_bits, keep=config.keep, pixels=pixels[rows]))
     if config.near:
         rows = np.flatnonzero(live)
         run(near_duplicates(ids[rows], xb[rows], threshold, keep=config.keep, k=config.k, pixels=pixels[rows],

@@ -26,7 +26,7 @@ from retrieval.encoders.base import Encoder
 STAGES = ("dedup", "retrieve", "cluster", "sample")
 # The model a stage embeds with when neither --model nor the SOURCE's stored vectors say:
 # copy detection for duplicates, concepts for retrieval and clustering (docs/benchmarks.md).
-DEFAULT_MODELS = {"dedup": "retr:sscd", "retrieve": "retr:default", "cluster": "retr:default",
+DEFAULT_MODELS = {"dedup": "retr:effnet-lite0", "retrieve": "retr:default", "cluster": "retr:default",
                   "sample": "retr:default"}
 REPORT = "report.html"
 
