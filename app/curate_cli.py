@@ -85,7 +85,9 @@ def dedup_cmd(
     ] = None,
     k: Annotated[int, typer.Option(help="Neighbours per item in the k-NN graph.")] = 16,
     exact: Annotated[bool, typer.Option(help="Drop identical files (sha256).")] = True,
-    pixel: Annotated[bool, typer.Option(help="Drop identical decoded pixels (perceptual hash).")] = True,
+    pixel: Annotated[bool, typer.Option(help="Drop pixel copies (perceptual hashes a few bits apart).")] = True,
+    pixel_bits: Annotated[int, typer.Option(help="Perceptual-hash bits (of 64) two pixel copies may differ in.")
+                          ] = 8,
     near: Annotated[bool, typer.Option(help="Drop near-duplicates by embedding.")] = True,
     truth: Annotated[str | None, typer.Option(
         help="Metadata column of true duplicate groups: the report draws precision/recall against the threshold.")
@@ -99,8 +101,8 @@ def dedup_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Drop exact, pixel and near-duplicates (one kept per group), and evaluation leaks."""
-    params = {"threshold": threshold, "keep": keep, "k": k, "exact": exact, "pixel": pixel, "near": near,
-              "max_memory": _memory(max_memory)}
+    params = {"threshold": threshold, "keep": keep, "k": k, "exact": exact, "pixel": pixel, "pixel_bits": pixel_bits,
+              "near": near, "max_memory": _memory(max_memory)}
     inputs = {"against": list(against)} if against else {}
     _go(_spec("dedup", source, out, model, params, inputs=inputs, truth=truth,
               embed=EmbedConfig(batch_size=batch_size, num_workers=workers), quiet=quiet), device)

@@ -17,6 +17,7 @@ from indexing.curation import (
     near_duplicates,
     pixel_duplicates,
 )
+from indexing.curation.dedup import pixel_leaks
 from indexing.curation.phash import hamming
 
 
@@ -161,3 +162,15 @@ def test_pixel_duplicates_keep_one_per_group_of_close_hashes(n, bits, seed):
     group_of = {int(ids[i]): gi for gi, g in enumerate(groups) for i in g}
     for row in result.dropped.to_pylist():
         assert row["reason"] == "pixel" and group_of[row["id"]] == group_of[row["of_id"]]
+
+
+def test_pixel_leaks_drop_pool_items_near_an_evaluation_hash():
+    rng = np.random.default_rng(3)
+    pool = rng.integers(-(2**62), 2**62, size=20, dtype=np.int64)
+    evals = rng.integers(-(2**62), 2**62, size=5, dtype=np.int64)
+    pool[4] = evals[2] ^ np.int64(0b1011)  # 3 bits from evaluation item 2
+    pool[9] = evals[0]  # the same hash as evaluation item 0
+    result = pixel_leaks(np.arange(20) + 100, pool, np.arange(5) + 500, evals, 4)
+    rows = sorted((r["id"], r["of_id"], round(r["similarity"], 4)) for r in result.dropped.to_pylist())
+    assert rows == [(104, 502, round(1 - 3 / 64, 4)), (109, 500, 1.0)]
+    assert set(result.dropped.column("reason").to_pylist()) == {"eval_leak"} and len(result.kept) == 18

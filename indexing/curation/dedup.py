@@ -260,6 +260,26 @@ def pixel_duplicates(ids: np.ndarray, hashes: np.ndarray, max_bits: int, *, keep
     return StageResult(np.sort(ids[winner == rows]), dropped_table(ids[lost], "pixel", ids[winner[lost]], sims))
 
 
+def pixel_leaks(ids: np.ndarray, hashes: np.ndarray, eval_ids: np.ndarray, eval_hashes: np.ndarray,
+                max_bits: int) -> StageResult:
+    """Drop pool items whose perceptual hash is at most `max_bits` from an evaluation item's (a re-encode,
+    a resize, a squashed copy of a benchmark image): reason `eval_leak`, of_id the closest evaluation id."""
+    ids, eval_ids = np.asarray(ids, np.int64), np.asarray(eval_ids, np.int64)
+    n = len(ids)
+    q, b, d = phash_pairs(np.concatenate([np.asarray(hashes, np.int64), np.asarray(eval_hashes, np.int64)]),
+                          max_bits)
+    cross = (q < n) & (b >= n)  # q < b, and pool rows come first: one side in each set
+    q, e, d = q[cross], b[cross] - n, d[cross]
+    order = np.lexsort((d, q))  # per pool row, the closest evaluation item first
+    q, e, d = q[order], e[order], d[order]
+    first = np.r_[True, q[1:] != q[:-1]] if len(q) else np.zeros(0, bool)
+    q, e, d = q[first], e[first], d[first]
+    leak = np.zeros(n, bool)
+    leak[q] = True
+    sims = phash_similarity(d).astype(np.float32)
+    return StageResult(np.sort(ids[~leak]), dropped_table(ids[q], "eval_leak", eval_ids[e], sims))
+
+
 def drop_near(
     ids: np.ndarray, xb: np.ndarray, eval_ids: np.ndarray, xe: np.ndarray, threshold: float, *,
     batch: int = 65536, block: int = BLOCK_ELEMS,

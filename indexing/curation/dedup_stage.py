@@ -18,7 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from indexing.curation.dedup import KEEP_POLICIES, drop_near, exact_duplicates, near_duplicates, pixel_duplicates
+from indexing.curation.dedup import (
+    KEEP_POLICIES,
+    drop_near,
+    exact_duplicates,
+    near_duplicates,
+    pixel_duplicates,
+    pixel_leaks,
+)
 from indexing.curation.pool import Pool, pixels_of
 from indexing.curation.result import StageResult, dropped_table
 
@@ -116,17 +123,29 @@ def dedup_pool(pool: Pool, config: DedupConfig, evals: Sequence[Pool] = ()) -> D
         run(near_duplicates(ids[rows], xb[rows], threshold, keep=config.keep, k=config.k, pixels=pixels[rows],
                             batch=config.batch, block=config.block))
     for e in evals:
-        rows = np.flatnonzero(live)
-        step = drop_near(ids[rows], xb[rows], e.ids, e.xb, threshold, batch=config.batch, block=config.block)
-        eval_paths = e.meta.column("path").to_pylist()
-        by_id = dict(zip(e.ids.tolist(), eval_paths, strict=True)) if step.dropped.num_rows else {}
-        for pid, of in zip(step.dropped.column("id").to_pylist(), step.dropped.column("of_id").to_pylist(),
-                           strict=True):
-            leak_images[pid] = by_id[of]
-        run(step)
+        for step in _eval_leaks(pool, e, live.copy(), config, threshold):
+            by_id = dict(zip(e.ids.tolist(), e.meta.column("path").to_pylist(), strict=True))
+            leak_images.update({pid: by_id[of] for pid, of in zip(
+                step.dropped.column("id").to_pylist(), step.dropped.column("of_id").to_pylist(), strict=True)})
+            run(step)
     kept = ids[live]
     dropped = pa.concat_tables([s.dropped for s in steps]) if steps else dropped_table([], "exact")
     return DedupOutcome(StageResult(kept, dropped, _group_sizes(kept, dropped)), leak_images, threshold)
+
+
+def _eval_leaks(pool: Pool, e: Pool, live: np.ndarray, config: DedupConfig, threshold: float) -> list[StageResult]:
+    """Leaks of one evaluation set among the live pool rows: by perceptual hash (a benchmark image
+    re-encoded, resized or squashed barely moves it), then by embedding on what is left."""
+    ids, steps = pool.ids, []
+    if config.pixel:
+        rows = np.flatnonzero(live)
+        hashes = np.asarray([int(h) for h in _hash_keys(pool, "phash")], np.int64)[rows]
+        eval_hashes = np.asarray([int(h) for h in _hash_keys(e, "phash")], np.int64)
+        steps.append(pixel_leaks(ids[rows], hashes, e.ids, eval_hashes, config.pixel_bits))
+        live &= ~np.isin(ids, steps[-1].dropped.column("id").to_numpy())
+    rows = np.flatnonzero(live)
+    steps.append(drop_near(ids[rows], pool.xb[rows], e.ids, e.xb, threshold, batch=config.batch, block=config.block))
+    return steps
 
 
 def _group_sizes(kept: np.ndarray, dropped: pa.Table) -> pa.Table:

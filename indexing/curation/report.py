@@ -128,7 +128,7 @@ def _svg_frame(chart: Chart, width: int, height: int, top: float, parts: list[st
 _STYLE = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1100px}
 table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 th{background:#f6f8fa}.row{display:flex;flex-wrap:wrap;gap:6px;margin:6px 0 12px}
-figure{margin:0;border:3px solid;width:100px;font-size:10px;overflow:hidden}
+figure{margin:0;border:3px solid;width:118px;font-size:10px;overflow:hidden}
 figure img{display:block;margin:auto;max-width:96px;max-height:96px}
 figcaption{white-space:nowrap;overflow:hidden;text-overflow:ellipsis;padding:1px 2px}
 .missing{height:96px;display:flex;align-items:center;justify-content:center;color:#888}"""
