@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import skimage.data
@@ -330,3 +331,21 @@ def test_cluster_then_sample_balances_a_long_tailed_pool(tmp_path: Path) -> None
     assert set(kept) == set(sizes) and kept.count("red") <= 3
     assert "before and after balancing" in (sampled / "report.html").read_text()
 
+
+
+def test_truth_column_draws_precision_and_recall_against_the_threshold(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    truth = write_photos(folder)
+    manifest = tmp_path / "pool.parquet"
+    pa.parquet.write_table(pa.table({"image": [str(folder / f) for f in truth],
+                                     "group": list(truth.values())}), manifest)
+    out = tmp_path / "dedup"
+    spec = StageSpec("dedup", str(manifest), out, "test:pixels", {"threshold": 0.99}, embed=EMBED, truth="group",
+                     progress=False)
+    run_stage(spec, _enc)
+    page = (out / "report.html").read_text()
+    assert "Near-duplicate pairs against --truth group (10 true pairs)" in page and "<polyline" in page
+    bad = StageSpec("dedup", str(manifest), tmp_path / "bad", "test:pixels", {"threshold": 0.99}, embed=EMBED,
+                    truth="nope", progress=False)
+    with pytest.raises(ValueError, match="--truth 'nope': the pool has no such column"):
+        run_stage(bad, _enc)
