@@ -28,7 +28,14 @@ from indexing.embed import EmbedConfig, embed_items
 from indexing.manifest import MANIFEST_NAME, read_manifest
 from indexing.resolve import resolve_source
 from indexing.sources import ManifestColumns
-from indexing.store import REJECT_SCHEMA, read_job, read_segment_meta, read_segment_rejects, read_segment_vectors
+from indexing.store import (
+    REJECT_SCHEMA,
+    chunk_vectors,
+    complete_chunks,
+    read_job,
+    read_segment_meta,
+    read_segment_rejects,
+)
 from retrieval.encoders.base import Encoder
 
 CURATE_KEY = b"retr.curate"  # kept.parquet schema metadata: where its vectors are (VectorSource JSON)
@@ -93,16 +100,23 @@ def rows_of(pool_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 def read_embeddings(vectors: VectorSource) -> tuple[pa.Table, np.ndarray, pa.Table]:
     """Metadata (with segment column), vectors and rejects of the committed chunks of every segment."""
-    metas, arrays, rejects = [], [], []
+    metas, rejects, chunks = [], [], []
     for seg in vectors.segments:
         folder = Path(vectors.embeddings) / seg
         meta = read_segment_meta(folder)
         metas.append(meta.append_column("segment", pa.array([seg] * meta.num_rows, pa.string())))
-        arrays.append(read_segment_vectors(folder, "image"))
+        chunks += [chunk_vectors(folder, c) for c in complete_chunks(folder)]  # memory-mapped, float16 or 32
         rejects.append(read_segment_rejects(folder))
     meta = pa.concat_tables(metas, promote_options="default")
-    xb = np.concatenate(arrays) if arrays else np.zeros((0, 0), np.float32)
-    return meta, np.ascontiguousarray(xb, np.float32), pa.concat_tables(rejects)
+    # one float32 array filled chunk by chunk: no float16 concatenation in between (at 1M × 1024 that
+    # would add 2 GB on top of the 4 GB result)
+    dim = chunks[0].shape[1] if chunks else 0
+    xb = np.empty((sum(len(c) for c in chunks), dim), np.float32)
+    at = 0
+    for c in chunks:
+        xb[at:at + len(c)] = c
+        at += len(c)
+    return meta, xb, pa.concat_tables(rejects)
 
 
 def _model_error(source: str, has: str, asked: str) -> ValueError:
