@@ -11,6 +11,7 @@ from rich.table import Table
 
 from app.console import fail, out_console, say
 from indexing.manifest import read_manifest
+from retrieval.rerank.rerank import MAX_RERANK
 
 DEFAULT_MODEL = "retr:default"
 AutoDevice = Annotated[str, typer.Option(help="auto (cuda when torch sees a GPU, else cpu), cpu or cuda.")]
@@ -63,8 +64,8 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip("-.") or "model"
 
 
-def _print_eval(results: dict[str, dict[str, dict[str, float]]]) -> None:
-    table = Table(title="retrieval metrics (held-out split)")
+def _print_eval(results: dict[str, dict[str, dict[str, float]]], title: str = "") -> None:
+    table = Table(title=f"retrieval metrics (held-out split){title}")
     table.add_column("set")
     table.add_column("metric")
     for spec in results:
@@ -72,8 +73,8 @@ def _print_eval(results: dict[str, dict[str, dict[str, float]]]) -> None:
     first = next(iter(results.values()))
     for section, metrics in first.items():
         for metric in metrics:
-            values = [results[s][section][metric] for s in results]
-            cells = [str(v) if isinstance(v, int) else f"{v:.3f}" for v in values]
+            values = [results[s].get(section, {}).get(metric) for s in results]  # reranked columns: t2i only
+            cells = ["-" if v is None else str(v) if isinstance(v, int) else f"{v:.3f}" for v in values]
             table.add_row(section, metric, *cells)
     out_console().print(table)
 
@@ -92,9 +93,14 @@ def eval_cmd(
     sheet_queries: Annotated[int, typer.Option(help="Queries per contact sheet.", min=1, max=100)] = 8,
     precision: Annotated[str, typer.Option(
         help="Embed images at fp32, fp16 or bf16, as `retr index build --precision` would.")] = "fp32",
+    rerank: Annotated[int, typer.Option(
+        help="Also report text→image R@k after reranking each query's top K with --reranker (a column "
+             "'MODEL +rerank K').", min=0, max=MAX_RERANK)] = 0,
+    reranker: Annotated[str | None, typer.Option(help="Reranker spec for --rerank: hf:DIR or retr:itm.")] = None,
 ) -> None:
     """R@1/5/10 text→image, image→text, cross-style image→image and photo queries, per model."""
     from retrieval.evaluate import EvalPlan, evaluate
+    from retrieval.rerank import load_reranker
     from retrieval.sheets import draw_sheet
 
     try:
@@ -104,14 +110,20 @@ def eval_cmd(
             if not sep or not a or not b:
                 raise ValueError(f"--cross takes A:B, got {c!r}")
             pairs.append((a, b))
-        plan = EvalPlan(tuple(manifest), tuple(pairs), queries, split, sheet_queries if sheet else 0, precision)
+        plan = EvalPlan(tuple(manifest), tuple(pairs), queries, split, sheet_queries if sheet else 0, precision,
+                        rerank)
         if not (plan.corpora or plan.cross or plan.photo_queries):
             raise ValueError("nothing to evaluate: give --manifest, --cross or --queries")
+        if rerank and reranker is None:
+            raise ValueError("--rerank needs --reranker SPEC (hf:DIR holding a BLIP ITM checkpoint, or retr:itm)")
+        loaded_reranker = load_reranker(reranker, device) if rerank else None
         results = {}
         for m in models:
             spec = _model_spec(m)
-            result = evaluate(_load_encoder(spec, device), plan)
+            result = evaluate(_load_encoder(spec, device), plan, **({"reranker": loaded_reranker} if rerank else {}))
             results[spec] = result.metrics
+            if result.reranked:
+                results[f"{spec} +rerank {rerank}"] = result.reranked
             if sheet is not None:
                 for section, examples in result.examples.items():
                     path = sheet / _slug(spec) / f"{_slug(section)}.png"
@@ -122,7 +134,7 @@ def eval_cmd(
     if as_json:
         typer.echo(json.dumps(results, ensure_ascii=False))
     else:
-        _print_eval(results)
+        _print_eval(results, f" · reranker {reranker}" if rerank else "")
 
 
 @models_app.command("list")

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from app.console import fail, out_console, say
 from retrieval import search as search_mod
+from retrieval.rerank.rerank import MAX_RERANK
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,17 @@ def _run_queries(
 
 def _print_table(result: search_mod.SearchResult) -> None:
     table = Table(title=Text(json.dumps(result.query.to_json(), ensure_ascii=False)))
-    for col in ("rank", "id", "score", "caption", "path"):
+    reranked = any(h.itc is not None for h in result.results)
+    for col in ("rank", "id", "score", *(("itc", "itm") if reranked else ()), "caption", "path"):
         table.add_column(col)
     for rank, h in enumerate(result.results, 1):
-        table.add_row(str(rank), str(h.id), f"{h.score:.3f}", Text(h.caption or ""), Text(h.path))
+        pair = (_cell(h.itc), _cell(h.itm)) if reranked else ()
+        table.add_row(str(rank), str(h.id), f"{h.score:.3f}", *pair, Text(h.caption or ""), Text(h.path))
     out_console().print(table)
+
+
+def _cell(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def search(
@@ -95,6 +102,11 @@ def search(
         help="Metadata filter, e.g. \"split = 'test' AND caption LIKE '%cat%'\" (docs/filters.md).")] = None,
     target: Annotated[str, typer.Option(help="image (find images) or text (image→text: find captions).")] = "image",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    rerank: Annotated[int, typer.Option(
+        help="Re-score the top K text→image hits with --reranker (ITM); fetches max(k, K), shows k.",
+        min=0, max=MAX_RERANK)] = 0,
+    reranker: Annotated[str | None, typer.Option(
+        help="Reranker spec for --rerank: hf:DIR (a BLIP ITM checkpoint) or retr:itm.")] = None,
 ) -> None:
     """Search INDEX by text, image or indexed image id."""
     try:
@@ -105,12 +117,18 @@ def search(
         else:
             query = search_mod.Query(text=text, image=str(image) if image else None, image_id=image_id)
             lines = [_QueryLine(1, query)]
-        idx = search_mod.open_index(index)
+        if rerank and reranker is None:
+            raise ValueError("--rerank needs --reranker SPEC (hf:DIR holding a BLIP ITM checkpoint, or retr:itm)")
+        # reranking options reach the library only when given: a plain search is the call it always was
+        idx = search_mod.open_index(index, **({"reranker": reranker} if reranker else {}))
         try:
+            kw = {"k": k, "where": where, "target": target, **({"rerank": rerank} if rerank else {})}
+            if rerank:
+                _ = idx.reranker  # a spec that does not load fails the command, not each query line
             if queries is None:
-                results = idx.search_batch([lines[0].query], k=k, where=where, target=target)
+                results = idx.search_batch([lines[0].query], **kw)
             else:
-                results = _run_queries(idx, queries, lines, k=k, where=where, target=target)
+                results = _run_queries(idx, queries, lines, **kw)
         finally:
             idx.close()
     except (ValueError, FileNotFoundError) as e:

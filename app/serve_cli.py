@@ -35,6 +35,8 @@ def serve(
     batching: Annotated[bool, typer.Option(help="Encode concurrent text queries together.")] = True,
     max_batch: Annotated[int, typer.Option(help="Text queries per forward pass.", min=1, max=1024)] = 64,
     max_wait_ms: Annotated[float, typer.Option(help="How long a query waits for others to batch with.")] = 4.0,
+    reranker: Annotated[str | None, typer.Option(
+        help="Reranker spec (hf:DIR, retr:itm) for requests with \"rerank\": K; without it they get a 400.")] = None,
 ) -> None:
     """Serve INDEXES over HTTP (FastAPI): /search, /items, /metrics, clip-back's /knn-service. Set
     RETR_API_TOKEN to require `Authorization: Bearer TOKEN`."""
@@ -43,6 +45,7 @@ def serve(
 
         from app.api import create_app
         from app.api.state import ApiSettings
+        from retrieval.rerank import load_reranker
         from retrieval.service import IndexService, ServiceConfig
     except ImportError as e:
         raise fail(f"retr serve needs the api extra: pip install -e '.[api]' ({e})") from e
@@ -53,11 +56,11 @@ def serve(
             _ = s.index.encoder  # load the model now: the first query pays nothing
         settings = ApiSettings(token=os.environ.get("RETR_API_TOKEN") or None, cors_origins=tuple(cors_origin),
                                allow_image_url=allow_image_url)
-        app = create_app(services, settings)
+        app = create_app(services, settings, load_reranker(reranker) if reranker else None)
     except (ValueError, FileNotFoundError) as e:
         raise fail(str(e)) from e
     say(("serving", "green"), f" {', '.join(s.name for s in services)} on http://{host}:{port} "
-        f"(docs: /docs{'; token required' if settings.token else ''})")
+        f"(docs: /docs{'; token required' if settings.token else ''}{f'; reranker {reranker}' if reranker else ''})")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
@@ -68,10 +71,14 @@ def ui(
     ] = None,
     port: Annotated[int, typer.Option(help="Port for the UI.", min=1, max=65535)] = 8501,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    reranker: Annotated[str | None, typer.Option(
+        help="Reranker spec (hf:DIR, retr:itm): adds a 'rerank top K' control for text queries.")] = None,
 ) -> None:
     """Open the search UI (Streamlit) on INDEX, or the curation page on --curation DIR."""
     if (index is None) == (curation is None):
         raise fail("give an INDEX folder to search, or --curation DIR to browse a curation run (not both)")
+    if curation is not None and reranker:
+        raise fail("--reranker is for the search UI, not --curation")
     if curation is not None:
         from indexing.curation.browse import list_stages
 
@@ -84,6 +91,8 @@ def ui(
         if not (index / "index.json").is_file():
             raise fail(f"{index} is not a retr index (no index.json)")
         page, args, what = "streamlit_app.py", ["--index", str(index.resolve())], index
+        if reranker:
+            args += ["--reranker", reranker]
     script = Path(__file__).resolve().parent / "ui" / page
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
            "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false",

@@ -9,6 +9,10 @@
   the hit is B's drawing of the same key (Noto ↔ Twemoji).
 - photo queries R@k: hand-written natural-language queries over real photos, never trained on.
 
+With `EvalPlan.rerank` = K and a reranker (retrieval.rerank), the text→image sections also report
+their R@k after each query's top K were re-scored by the reranker (`EvalResult.reranked`): the
+dual encoder's shortlist, the fusion encoder's order, as `retr search --rerank K` would show it.
+
 Each corpus's images are embedded once per run, however many sections use them. Each section
 also keeps `EvalPlan.examples` of its queries (spread evenly over the set) with their
 top hits, for the contact sheets `retr eval --sheet` draws (retrieval.sheets).
@@ -18,15 +22,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from indexing.decode import DecodeError, decode_image
 from indexing.sources import Item, read_item_bytes
 from retrieval.encoders.base import Encoder
 from retrieval.encoders.precision import check_embed_precision, embedding_autocast
+from retrieval.rerank.base import Reranker
+from retrieval.rerank.rerank import check_rerank, itm_matrix, reranked_order
 from retrieval.training.data import Pair, load_pairs
 
 KS = (1, 5, 10)
@@ -51,12 +58,23 @@ class Example:
 class Section:
     metrics: dict[str, float]
     examples: tuple[Example, ...] = ()
+    reranked: dict[str, float] = field(default_factory=dict)  # text→image R@k after reranking, when asked
 
 
 @dataclass(frozen=True)
 class EvalResult:
     metrics: dict[str, dict[str, float]]  # {section: {metric: value}}
     examples: dict[str, tuple[Example, ...]]  # {section: example queries with their top hits}
+    reranked: dict[str, dict[str, float]] = field(default_factory=dict)  # {section: reranked text→image R@k}
+
+
+@dataclass(frozen=True)
+class Rerank:
+    """Re-score each text query's top `k` gallery items with `reranker` (weight None: the reranker's own)."""
+
+    reranker: Reranker
+    k: int
+    weight: float | None = None
 
 
 @dataclass(frozen=True)
@@ -82,11 +100,10 @@ def embed_images(
     for start in range(0, len(pairs), batch_size):
         images, idx = [], []
         for i in range(start, min(len(pairs), start + batch_size)):
-            try:
-                images.append(decode_image(read_item_bytes(Item(path=pairs[i].path)), name=pairs[i].path).image)
+            image = read_pair_image(pairs[i].path)
+            if image is not None:
+                images.append(image)
                 idx.append(i)
-            except (OSError, DecodeError):
-                continue
         if images:
             with embedding_autocast(encoder.device, precision):
                 vecs.append(encoder.encode_images(images))
@@ -94,11 +111,40 @@ def embed_images(
     return (np.concatenate(vecs) if vecs else np.zeros((0, encoder.dim), np.float32)), np.asarray(rows, np.int64)
 
 
+def read_pair_image(path: str) -> Image.Image | None:
+    """A corpus image as the index build reads it; None when it cannot be read or decoded."""
+    try:
+        return decode_image(read_item_bytes(Item(path=path)), name=path).image
+    except (OSError, DecodeError):
+        return None
+
+
 def recall_at(scores: np.ndarray, relevant: np.ndarray, ks: Sequence[int] = KS) -> dict[int, float]:
     """scores (Q, G); relevant (Q, G) bool. R@k = share of queries with a relevant item in their top k."""
-    ranked = np.take_along_axis(relevant, np.argsort(-scores, axis=1, kind="stable"), axis=1)
+    return recall_of_order(np.argsort(-scores, axis=1, kind="stable"), relevant, ks)
+
+
+def recall_of_order(order: np.ndarray, relevant: np.ndarray, ks: Sequence[int] = KS) -> dict[int, float]:
+    """order (Q, G): each query's gallery columns, best first; relevant (Q, G) bool."""
+    ranked = np.take_along_axis(relevant, order, axis=1)
     hit_rank = np.where(ranked.any(axis=1), ranked.argmax(axis=1), np.iinfo(np.int64).max)
     return {k: float(np.mean(hit_rank < k)) for k in ks}
+
+
+def reranked_recall(
+    scores: np.ndarray, relevant: np.ndarray, texts: Sequence[str], gallery: Sequence[Pair], rerank: Rerank
+) -> dict[int, float]:
+    """R@k once each query's top rerank.k gallery items are re-ordered by the reranker (retrieval.rerank),
+    the rest kept in ITC order below them."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    top = order[:, :min(check_rerank(rerank.k), scores.shape[1])]  # (Q, K) gallery columns
+    if top.size:
+        itm = itm_matrix(rerank.reranker, texts, top, lambda j: read_pair_image(gallery[j].path))
+        weight = rerank.reranker.weight if rerank.weight is None else rerank.weight
+        for q in range(len(order)):
+            block, _ = reranked_order(scores[q, top[q]], itm[q], weight)
+            order[q, :len(block)] = top[q][block]
+    return recall_of_order(order, relevant)
 
 
 def _keys(pairs: Sequence[Pair], rows: np.ndarray) -> np.ndarray:
@@ -124,7 +170,8 @@ Embedded = tuple[np.ndarray, np.ndarray]  # embed_images' (vectors, rows), reuse
 
 
 def text_image_recall(
-    encoder: Encoder, pairs: Sequence[Pair], examples: int = 0, images: Embedded | None = None
+    encoder: Encoder, pairs: Sequence[Pair], examples: int = 0, images: Embedded | None = None,
+    rerank: Rerank | None = None,
 ) -> Section:
     xb, rows = images or embed_images(encoder, pairs)
     img_keys = _keys(pairs, rows)
@@ -138,7 +185,9 @@ def text_image_recall(
     metrics = {**{f"t2i_R@{k}": v for k, v in t2i.items()}, **{f"i2t_R@{k}": v for k, v in i2t.items()}}
     shown = top_examples(scores, same, [(c, None) for c in captions], [pairs[i] for i in rows], examples)
     n_captions = {"captions": len(captions)} if len(captions) != len(rows) else {}
-    return Section({**metrics, "n": len(rows), **n_captions}, shown)
+    gallery = [pairs[i] for i in rows]
+    reranked = {} if rerank is None else reranked_recall(scores, same, captions, gallery, rerank)
+    return Section({**metrics, "n": len(rows), **n_captions}, shown, {f"t2i_R@{k}": v for k, v in reranked.items()})
 
 
 def cross_style_recall(
@@ -157,7 +206,8 @@ def cross_style_recall(
 
 
 def photo_query_recall(
-    encoder: Encoder, photos: Sequence[Pair], queries: PhotoQueries, examples: int = 0, images: Embedded | None = None
+    encoder: Encoder, photos: Sequence[Pair], queries: PhotoQueries, examples: int = 0, images: Embedded | None = None,
+    rerank: Rerank | None = None,
 ) -> Section:
     xb, rows = images or embed_images(encoder, photos)
     keys = _keys(photos, rows)
@@ -165,9 +215,11 @@ def photo_query_recall(
     relevant = np.stack([np.isin(keys, list(ks)) for _, ks in queries.queries])
     scores = xq @ xb.T
     r = recall_at(scores, relevant)
-    shown = top_examples(scores, relevant, [(t, None) for t, _ in queries.queries], [photos[i] for i in rows], examples)
+    texts, gallery = [t for t, _ in queries.queries], [photos[i] for i in rows]
+    shown = top_examples(scores, relevant, [(t, None) for t in texts], gallery, examples)
     metrics = {**{f"photo_R@{k}": v for k, v in r.items()}, "n": len(queries.queries), "gallery": len(rows)}
-    return Section(metrics, shown)
+    reranked = {} if rerank is None else reranked_recall(scores, relevant, texts, gallery, rerank)
+    return Section(metrics, shown, {f"photo_R@{k}": v for k, v in reranked.items()})
 
 
 @dataclass(frozen=True)
@@ -178,13 +230,20 @@ class EvalPlan:
     split: str = "test"
     examples: int = 0  # queries per section kept with their top hits (for contact sheets)
     precision: str = "fp32"  # images embedded as `retr index build --precision` would (texts: fp32)
+    rerank: int = 0  # text→image sections: also R@k after reranking each query's top K (needs a reranker)
 
     def __post_init__(self) -> None:
         check_embed_precision(self.precision)
+        check_rerank(self.rerank)
 
 
-def evaluate(encoder: Encoder, plan: EvalPlan, *, progress: bool = False) -> EvalResult:
+def evaluate(
+    encoder: Encoder, plan: EvalPlan, *, progress: bool = False, reranker: Reranker | None = None
+) -> EvalResult:
     """Metrics and examples per section; sections are named by corpus, 'A→B' for cross-style, 'photos'."""
+    if plan.rerank and reranker is None:
+        raise ValueError("EvalPlan.rerank needs a reranker (retr eval --reranker SPEC)")
+    rerank = Rerank(reranker, plan.rerank) if plan.rerank else None
     sections: dict[str, Section] = {}
     names = {*plan.corpora, *(x for ab in plan.cross for x in ab)}
     split = {c: load_pairs([c], plan.split, progress=progress) for c in names}
@@ -196,12 +255,13 @@ def evaluate(encoder: Encoder, plan: EvalPlan, *, progress: bool = False) -> Eva
         return embedded[c]
 
     for c in plan.corpora:
-        sections[c] = text_image_recall(encoder, split[c], plan.examples, images(c))
+        sections[c] = text_image_recall(encoder, split[c], plan.examples, images(c), rerank)
     for a, b in plan.cross:
         sections[f"{a}→{b}"] = cross_style_recall(encoder, split[a], split[b], plan.examples, images(a), images(b))
     if plan.photo_queries is not None:
         q = read_photo_queries(plan.photo_queries)
         photos = load_pairs([q.corpus], progress=progress)
         sections["photos"] = photo_query_recall(encoder, photos, q, plan.examples,
-                                                embed_images(encoder, photos, precision=plan.precision))
-    return EvalResult({k: s.metrics for k, s in sections.items()}, {k: s.examples for k, s in sections.items()})
+                                                embed_images(encoder, photos, precision=plan.precision), rerank)
+    return EvalResult({k: s.metrics for k, s in sections.items()}, {k: s.examples for k, s in sections.items()},
+                      {k: s.reranked for k, s in sections.items() if s.reranked})

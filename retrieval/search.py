@@ -8,6 +8,13 @@ IN, LIKE, BETWEEN, IS NULL), compiled to a parameterised query: the same for the
 the HTTP API. k is capped at the collection's size, so a huge k returns everything, not MemoryError.
 Only what index.json has committed is searched or returned.
 
+`rerank=K` (text→image only) fetches max(k, K) hits, re-scores the top K with a fusion reranker
+(retrieval.rerank: ITM probability combined with the ITC cosine) and returns the first k. The
+reranker is given at open time, as a spec loaded on first use or as an object:
+
+    idx = open_index("out/emoji", reranker="hf:/models/blip-itm-base-coco")
+    hits = idx.search(text="a red heart", k=5, rerank=32)
+
 Shards are searched one by one and their top-k merged (ids are global). A `where` filter first
 selects matching ids in DuckDB; small selections are searched exactly over their stored
 vectors, large ones through a faiss IDSelector, and any query that comes back short of
@@ -30,6 +37,8 @@ from indexing.metadata import MetadataStore
 from indexing.store import ChunkVectors, gather_vectors
 from indexing.tune import apply_search_param
 from retrieval.encoders.base import Encoder
+from retrieval.rerank.base import Reranker
+from retrieval.rerank.rerank import check_rerank_request, rerank_result, shortlist_size
 
 EXACT_FILTER_CUTOFF = 50_000  # below this many matches, brute force over stored vectors is cheaper and exact
 MAX_ID = 2**63 - 1  # ids are int64
@@ -75,10 +84,16 @@ class Hit:
     path: str
     caption: str | None  # image→text: the caption that matched; else the image's first caption
     url: str | None = None  # where the image came from, when the source said (img2dataset's url)
+    # Reranked hits only (retrieval.rerank): `score` is then the combined score, `itc` the cosine the
+    # index gave, `itm` the reranker's P(match) (None: the image could not be read).
+    itc: float | None = None
+    itm: float | None = None
 
     def to_json(self) -> dict:
         out = {"id": self.id, "score": self.score, "path": self.path, "caption": self.caption}
-        return out if self.url is None else {**out, "url": self.url}
+        if self.url is not None:
+            out["url"] = self.url
+        return out if self.itc is None else {**out, "itc": self.itc, "itm": self.itm}
 
 
 @dataclass(frozen=True)
@@ -87,7 +102,8 @@ class SearchResult:
     results: list[Hit]
 
     def to_json(self) -> dict:
-        """The stable JSON contract: {"query": {...}, "results": [{"id","score","path","caption"(,"url")}]}."""
+        """The stable JSON contract: {"query": {...}, "results": [{"id","score","path","caption"(,"url")
+        (,"itc","itm": reranked hits only)}]}."""
         return {"query": self.query.to_json(), "results": [h.to_json() for h in self.results]}
 
 
@@ -130,7 +146,10 @@ def merge_topk(results: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tupl
 
 
 class RetrievalIndex:
-    def __init__(self, index_dir: Path, encoder_factory: Callable[[str], Encoder] | None = None) -> None:
+    def __init__(
+        self, index_dir: Path, encoder_factory: Callable[[str], Encoder] | None = None,
+        reranker: str | Reranker | None = None,
+    ) -> None:
         self.dir = Path(index_dir)
         self.manifest: IndexManifest = read_manifest(self.dir)
         self.meta = MetadataStore(self.dir / "metadata.duckdb", segments=self.manifest.segments)
@@ -141,6 +160,7 @@ class RetrievalIndex:
         self._encoder_factory = encoder_factory
         self._encoder: Encoder | None = None
         self._url: bool | None = None
+        self._reranker = reranker  # a spec until first used
 
     @property
     def encoder(self) -> Encoder:
@@ -158,6 +178,18 @@ class RetrievalIndex:
                 raise ValueError(f"cannot query {self.dir} with text or new images: {why}. Rebuild it: {rebuild}")
         return self._encoder
 
+    @property
+    def reranker(self) -> Reranker:
+        """The reranker given at open time, loaded on first use (searches without rerank never need it)."""
+        if self._reranker is None:
+            raise ValueError("rerank needs a reranker: open the index with one (retr search --reranker SPEC, "
+                             "e.g. hf:DIR holding a BLIP ITM checkpoint)")
+        if isinstance(self._reranker, str):
+            from retrieval.rerank import load_reranker
+
+            self._reranker = load_reranker(self._reranker)
+        return self._reranker
+
     def close(self) -> None:
         self.meta.close()
 
@@ -170,15 +202,25 @@ class RetrievalIndex:
         k: int = 10,
         where: str | None = None,
         target: str = "image",
+        rerank: int = 0,
     ) -> SearchResult:
-        return self.search_batch([Query(text, image, image_id)], k=k, where=where, target=target)[0]
+        query = Query(text, image, image_id)
+        return self.search_batch([query], k=k, where=where, target=target, rerank=rerank)[0]
 
     def search_batch(
-        self, queries: Sequence[Query], *, k: int = 10, where: str | None = None, target: str = "image"
+        self, queries: Sequence[Query], *, k: int = 10, where: str | None = None, target: str = "image",
+        rerank: int = 0,
     ) -> list[SearchResult]:
-        """target="image" finds images; target="text" finds captions (image→text)."""
+        """target="image" finds images; target="text" finds captions (image→text). rerank=K re-scores
+        each text query's top K with the reranker (text→image only)."""
         self._check_request(k, target)  # before the model runs
-        return self.search_embedded(queries, self.embed_queries(queries), k=k, where=where, target=target)
+        check_rerank_request(queries, target=target, rerank=rerank)
+        reranker = self.reranker if rerank else None
+        short = shortlist_size(k, rerank)
+        results = self.search_embedded(queries, self.embed_queries(queries), k=short, where=where, target=target)
+        if reranker is None:
+            return results
+        return [rerank_result(r, reranker, rerank=rerank, k=k) for r in results]
 
     def search_embedded(
         self, queries: Sequence[Query], xq: np.ndarray, *, k: int = 10, where: str | None = None, target: str = "image"
@@ -312,6 +354,10 @@ def decode_query_image(data: bytes, name: str, limits: DecodeLimits = DecodeLimi
         raise QueryImageError(f"cannot decode query image {name}: {e}", e.reason) from e
 
 
-def open_index(path: str | Path, encoder_factory: Callable[[str], Encoder] | None = None) -> RetrievalIndex:
-    """Open an index folder written by `retr index build`."""
-    return RetrievalIndex(Path(path), encoder_factory)
+def open_index(
+    path: str | Path, encoder_factory: Callable[[str], Encoder] | None = None, *,
+    reranker: str | Reranker | None = None,
+) -> RetrievalIndex:
+    """Open an index folder written by `retr index build`; `reranker` (a spec such as `hf:DIR`, or a
+    loaded Reranker) is what `search(..., rerank=K)` uses."""
+    return RetrievalIndex(Path(path), encoder_factory, reranker)

@@ -20,6 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.api import errors, routes_clip, routes_items, routes_ops, routes_search
 from app.api.state import ApiSettings, ApiState, new_served
+from retrieval.rerank.base import Reranker
 from retrieval.service import IndexService
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes answer without a token
@@ -34,13 +35,16 @@ async def _watch(state: ApiState) -> None:
         await asyncio.sleep(min(s.service.config.reload_check_s for s in state.served.values()))
 
 
-def create_app(services: Sequence[IndexService], settings: ApiSettings = ApiSettings()) -> FastAPI:
+def create_app(
+    services: Sequence[IndexService], settings: ApiSettings = ApiSettings(), reranker: Reranker | None = None
+) -> FastAPI:
+    """`reranker` answers requests with `rerank` > 0 (retrieval.rerank); without one they get a 400."""
     if not services:
         raise ValueError("serve at least one index")
     names = [s.name for s in services]
     if len(set(names)) != len(names):
         raise ValueError(f"index names must differ, got {names}; name them NAME=PATH")
-    state = ApiState({s.name: new_served(s) for s in services}, settings)
+    state = ApiState({s.name: new_served(s) for s in services}, settings, reranker=reranker)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -12,18 +12,24 @@ from fastapi.responses import JSONResponse
 
 from app.api.schemas import BatchRequest, BatchResponse, ErrorBody, SearchRequest, SearchResponse
 from app.api.state import ApiState, get_state
+from retrieval.rerank.rerank import rerank_result, shortlist_size
 from retrieval.search import Query, SearchResult
 
 router = APIRouter(tags=["search"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422)}
-_UPLOAD_FIELDS = {"k", "where", "target", "index"}
+_UPLOAD_FIELDS = {"k", "where", "target", "index", "rerank"}  # rerank only to refuse it with a reason
 
 
 async def _answer(state: ApiState, req: SearchRequest) -> SearchResult:
     served = state.pick(req.index)
     if req.text is not None:
+        reranker = state.reranker_for(req.rerank)  # before any work: a 400 when the server has none
         state.metrics.queries.labels("text").inc()
-        return await served.batcher.search(Query(text=req.text), k=req.k, where=req.where, target=req.target)
+        short = shortlist_size(req.k, req.rerank)
+        result = await served.batcher.search(Query(text=req.text), k=short, where=req.where, target=req.target)
+        if reranker is None:
+            return result
+        return await asyncio.to_thread(rerank_result, result, reranker, rerank=req.rerank, k=req.k)
     state.metrics.queries.labels("image_id").inc()
 
     def run() -> SearchResult:
@@ -71,7 +77,7 @@ async def _upload(request: Request, state: ApiState) -> SearchResult:
                      "where": {"type": "string"}, "target": {"type": "string", "enum": ["image", "text"]},
                      "index": {"type": "string"}}}}}, "required": True}})
 async def search(request: Request, state: Annotated[ApiState, Depends(get_state)]) -> JSONResponse:
-    """JSON `{"text"| "image_id", "k", "where", "target", "index"}`, or a multipart image upload.
+    """JSON `{"text"| "image_id", "k", "where", "target", "index", "rerank"}`, or a multipart image upload.
     The answer is `retr search --json`'s."""
     t0 = time.perf_counter()
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from indexing.filters import MAX_LENGTH as MAX_FILTER_CHARS
+from retrieval.rerank.rerank import MAX_RERANK
 
 MAX_K = 1000  # results per query; the library itself caps k at the collection size
 MAX_TEXT_CHARS = 1000  # a search phrase, not a document (the library allows 4096)
@@ -30,6 +31,9 @@ class SearchRequest(BaseModel):
                               description="metadata filter in retr's filter language (docs/filters.md), never SQL")
     target: Literal["image", "text"] = Field("image", description="image: find images; text: find captions")
     index: str | None = Field(None, max_length=200, description="which served index (default: the first)")
+    rerank: int = Field(0, ge=0, le=MAX_RERANK,
+                        description="re-score the top K text→image hits with the server's reranker (ITM); "
+                                    "needs `retr serve --reranker SPEC`; 0: no reranking")
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
@@ -37,6 +41,8 @@ class SearchRequest(BaseModel):
             raise ValueError("give exactly one of text or image_id")
         if self.text is not None and not self.text.strip():
             raise ValueError("text is blank")
+        if self.rerank and (self.text is None or self.target != "image"):
+            raise ValueError("rerank works on text→image queries only (a text query with target 'image')")
         return self
 
 
@@ -52,6 +58,8 @@ class HitOut(BaseModel):
     path: str
     caption: str | None
     url: str | None = Field(None, description="present when the index has a url column")
+    itc: float | None = Field(None, description="reranked hits only: the dual encoder's cosine (score is combined)")
+    itm: float | None = Field(None, description="reranked hits only: the reranker's P(match); null if unreadable")
 
 
 class SearchResponse(BaseModel):

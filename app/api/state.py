@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from fastapi import HTTPException, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from retrieval.rerank.base import Reranker
 from retrieval.service import BatchStats, IndexService, TextBatcher
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -55,6 +56,7 @@ class ApiState:
     metrics: Metrics = field(default_factory=Metrics)
     started: float = field(default_factory=time.time)
     ready: bool = False
+    reranker: Reranker | None = None  # `retr serve --reranker SPEC`; requests with rerank > 0 need it
 
     @property
     def default_name(self) -> str:
@@ -66,6 +68,15 @@ class ApiState:
         if name not in self.served:
             raise HTTPException(404, f"no index named {name!r}; serving {sorted(self.served)}")
         return self.served[name]
+
+    def reranker_for(self, rerank: int) -> Reranker | None:
+        """The reranker a request with `rerank` needs: None for 0; a 400 when the server has none."""
+        if not rerank:
+            return None
+        if self.reranker is None:
+            raise HTTPException(400, "this server has no reranker: start it with `retr serve --reranker SPEC` "
+                                     "to use rerank")
+        return self.reranker
 
     def record_batches(self) -> None:
         """Move the batchers' recorded forward-pass sizes into the histogram."""

@@ -1,4 +1,5 @@
-"""The search UI: `retr ui INDEX` runs `streamlit run app/ui/streamlit_app.py -- --index PATH`.
+"""The search UI: `retr ui INDEX` runs `streamlit run app/ui/streamlit_app.py -- --index PATH`
+(`retr ui INDEX --reranker SPEC` adds `--reranker SPEC`: a "rerank top K" control for text queries).
 
 A surface like the CLI: widgets in, one library call (`retrieval.search`), a grid out. The index and
 its model are opened once per process (`st.cache_resource`) and shared by every browser tab; each
@@ -9,6 +10,8 @@ Testing / advanced hooks (environment variables):
   RETR_UI_ENCODER  `module:attr`, a zero-argument factory returning an Encoder, used instead of loading
                    the index's own model; the tests name `tests.conftest:PixelEncoder`, a fake model that
                    no registry spec loads.
+  RETR_UI_RERANKER `module:attr`, a zero-argument factory returning a Reranker, used instead of
+                   `--reranker SPEC` (the tests' fake reranker)
 """
 
 from __future__ import annotations
@@ -34,18 +37,22 @@ from indexing.decode import DecodeError
 from indexing.item_images import render_image
 from indexing.sources import IMAGE_EXTENSIONS
 from retrieval.encoders.base import Encoder
+from retrieval.rerank.rerank import MAX_RERANK
 from retrieval.search import Hit, Query, RetrievalIndex, SearchResult, decode_query_image, open_index
 
 THUMB_SIDE = 256  # longest side of a result thumbnail, as the HTTP API's ?size=thumb
 GRID_COLUMNS = 5
 SAMPLE_ROWS = 10_000  # rows read (evenly spaced by id) to choose each column's filter widget
 MAX_UPLOAD_MB = 16  # as the HTTP API's upload limit
+RERANK_SLIDER_MAX = min(100, MAX_RERANK)  # the k slider's range; the CLI and API take up to MAX_RERANK
 
 
 @dataclass(frozen=True)
 class UiSource:
     index: Path
     encoder: str | None = None  # RETR_UI_ENCODER's `module:attr`; None loads the index's own model
+    reranker: str | None = None  # --reranker SPEC; None: no reranking control
+    reranker_factory: str | None = None  # RETR_UI_RERANKER's `module:attr`, used instead of the spec
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class LoadedIndex:
     index: RetrievalIndex
     fields: list[FilterField]  # the sidebar's filter widgets
     lock: threading.Lock
+    can_rerank: bool = False  # a reranker was configured: the sidebar shows "rerank top K"
 
 
 @dataclass(frozen=True)
@@ -62,35 +70,56 @@ class ActiveQuery:
     image_id: int = -1
 
 
+@dataclass(frozen=True)
+class SearchOptions:
+    """What the sidebar sets."""
+
+    k: int = 10
+    target: str = "image"
+    where: str | None = None
+    rerank: int = 0  # text→image queries only
+
+
 def source_from(argv: Sequence[str], environ: Mapping[str, str]) -> UiSource:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--index")
+    parser.add_argument("--reranker")
     known, _ = parser.parse_known_args(list(argv))
     index = known.index or environ.get("RETR_UI_INDEX")
     if not index:
         raise ValueError("no index given: run `retr ui INDEX` (or set RETR_UI_INDEX)")
-    return UiSource(Path(index), environ.get("RETR_UI_ENCODER") or None)
+    return UiSource(Path(index), environ.get("RETR_UI_ENCODER") or None, known.reranker,
+                    environ.get("RETR_UI_RERANKER") or None)
+
+
+def _factory(hook: str, variable: str):
+    """The zero-argument factory a `module:attr` test hook names."""
+    module, sep, attr = hook.partition(":")
+    if not (module and sep and attr):
+        raise ValueError(f"{variable} must be module:attr, got {hook!r}")
+    return getattr(importlib.import_module(module), attr)
 
 
 def encoder_factory(spec: str | None) -> Callable[[str], Encoder] | None:
     if spec is None:
         return None
-    module, sep, attr = spec.partition(":")
-    if not (module and sep and attr):
-        raise ValueError(f"RETR_UI_ENCODER must be module:attr, got {spec!r}")
-    make = getattr(importlib.import_module(module), attr)
+    make = _factory(spec, "RETR_UI_ENCODER")
     return lambda _model_spec: make()
 
 
 @st.cache_resource(show_spinner="Loading the index and its model…")
-def load(index_dir: str, encoder_spec: str | None) -> LoadedIndex:
-    idx = open_index(index_dir, encoder_factory(encoder_spec))
+def load(index_dir: str, encoder_spec: str | None, reranker: str | None = None,
+         reranker_hook: str | None = None) -> LoadedIndex:
+    chosen = _factory(reranker_hook, "RETR_UI_RERANKER")() if reranker_hook else reranker
+    idx = open_index(index_dir, encoder_factory(encoder_spec), reranker=chosen)
     _ = idx.encoder  # load the model now, so the first query pays nothing
+    if chosen is not None:
+        _ = idx.reranker  # and the reranker
     types = idx.meta.column_types()
     ids = idx.meta.all_ids()
     picks = np.unique(np.linspace(0, len(ids) - 1, min(len(ids), SAMPLE_ROWS)).astype(np.int64))
     sample = list(idx.meta.rows(ids[picks].tolist(), list(types)).values()) if len(ids) else []
-    return LoadedIndex(idx, filter_fields(types, sample), threading.Lock())
+    return LoadedIndex(idx, filter_fields(types, sample), threading.Lock(), can_rerank=chosen is not None)
 
 
 @st.cache_data(max_entries=4096, show_spinner=False)
@@ -129,7 +158,10 @@ def _more_like(item_id: int) -> None:
     st.session_state.q_text = ""
 
 
-def run_query(loaded: LoadedIndex, q: ActiveQuery, upload, *, k: int, where: str | None, target: str) -> SearchResult:
+def run_query(
+    loaded: LoadedIndex, q: ActiveQuery, upload, *, k: int, where: str | None, target: str, rerank: int = 0
+) -> SearchResult:
+    """rerank: text queries only (the page says so for image queries)."""
     idx = loaded.index
     with loaded.lock:
         if q.kind == "upload":
@@ -137,7 +169,7 @@ def run_query(loaded: LoadedIndex, q: ActiveQuery, upload, *, k: int, where: str
             return idx.search_embedded([Query(image=upload.name)], xq, k=k, where=where, target=target)[0]
         if q.kind == "image_id":
             return idx.search(image_id=q.image_id, k=k, where=where, target=target)
-        return idx.search(text=q.text, k=k, where=where, target=target)
+        return idx.search(text=q.text, k=k, where=where, target=target, rerank=rerank)
 
 
 # --- page sections ---------------------------------------------------------------------------------
@@ -154,20 +186,24 @@ def filter_widget(field: FilterField) -> object:
     return st.radio(field.column, ("any", "yes", "no"), horizontal=True, key=key)
 
 
-def sidebar(loaded: LoadedIndex) -> tuple[int, str, str | None]:
-    """k, target and the filter text."""
+def sidebar(loaded: LoadedIndex) -> SearchOptions:
+    """k, target, the filter text and (with a reranker) how many text→image hits to rerank."""
     with st.sidebar:
         k = st.slider("Results (k)", 1, 100, 10, key="k")
         has_captions = loaded.index.manifest.text is not None
         to_text = st.toggle("Image → text: find captions", key="to_text", disabled=not has_captions,
                             help=None if has_captions else "this index has no caption vectors")
+        rerank = 0
+        if loaded.can_rerank:
+            rerank = st.slider("Rerank top K (ITM)", 0, RERANK_SLIDER_MAX, 0, key="rerank", disabled=to_text,
+                               help="re-score the top K text→image hits with the reranker; 0: off")
         st.subheader("Filters")
         choices = {f.column: filter_widget(f) for f in loaded.fields}
         extra = st.text_input("Filter expression", key="where_extra", placeholder="width >= 64 AND format = 'PNG'")
         where = where_text(loaded.fields, choices, extra)
         if where:
             st.code(where, language="sql", wrap_lines=True)
-    return k, "text" if to_text else "image", where
+    return SearchOptions(k, "text" if to_text else "image", where, 0 if to_text else rerank)
 
 
 def query_inputs():
@@ -213,7 +249,11 @@ def show_hit(hit: Hit, position: int, target: str) -> None:
         st.caption("remote image (not fetched)" if hit.path.startswith(("http://", "https://")) else "no preview")
     caption = plain(hit.caption or "(no caption)")
     st.markdown(f"**{caption}**" if target == "text" else caption)
-    st.caption(f"score {hit.score:.3f} · #{hit.id}")
+    if hit.itc is None:
+        st.caption(f"score {hit.score:.3f} · #{hit.id}")
+    else:
+        itm = "unreadable" if hit.itm is None else f"{hit.itm:.3f}"
+        st.caption(f"score {hit.score:.3f} · #{hit.id} · itm {itm} · itc {hit.itc:.3f}")
     st.button("More like this", key=f"more-{position}-{hit.id}", on_click=_more_like, args=(hit.id,))
 
 
@@ -234,28 +274,32 @@ def main() -> None:
     st.set_page_config(page_title="retr search", layout="wide")
     try:
         source = source_from(sys.argv[1:], os.environ)
-        loaded = load(str(source.index), source.encoder)
+        loaded = load(str(source.index), source.encoder, source.reranker, source.reranker_factory)
     except (ValueError, OSError, ImportError, AttributeError) as e:
         st.error(f"cannot open the index: {e}")
         st.stop()
     m = loaded.index.manifest
     st.title("retr")
-    st.caption(f"{m.n_items} images · model {plain(m.model)} · index {plain(source.index.resolve().name)}")
-    k, target, where = sidebar(loaded)
+    reranked = f" · reranker {plain(loaded.index.reranker.name)}" if loaded.can_rerank else ""
+    st.caption(f"{m.n_items} images · model {plain(m.model)} · index {plain(source.index.resolve().name)}{reranked}")
+    opts = sidebar(loaded)
     upload = query_inputs()
     q: ActiveQuery | None = st.session_state.get("active")
     if q is None or (q.kind == "upload" and upload is None):
         st.info("Type a query and press Enter, or upload an image. Every result has a *More like this* button.")
         return
+    rerank = opts.rerank if q.kind == "text" else 0
     try:
         describe_query(loaded, q, upload)
+        if opts.rerank and not rerank:
+            st.caption("Reranking scores a text against images: this image query is not reranked.")
         t0 = time.perf_counter()
-        result = run_query(loaded, q, upload, k=k, where=where, target=target)
+        result = run_query(loaded, q, upload, k=opts.k, where=opts.where, target=opts.target, rerank=rerank)
         elapsed_ms = (time.perf_counter() - t0) * 1000
     except ValueError as e:  # bad filter, undecodable upload, unknown id: the library says why
         st.error(str(e))
         return
-    show_results(result, elapsed_ms, target)
+    show_results(result, elapsed_ms, opts.target)
 
 
 if __name__ == "__main__":
