@@ -85,7 +85,9 @@ def dedup_cmd(
     ] = None,
     k: Annotated[int, typer.Option(help="Neighbours per item in the k-NN graph.")] = 16,
     exact: Annotated[bool, typer.Option(help="Drop identical files (sha256).")] = True,
-    pixel: Annotated[bool, typer.Option(help="Drop pixel copies (perceptual hashes a few bits apart).")] = True,
+    pixel: Annotated[bool, typer.Option(
+        help="Also drop pixel copies (perceptual hashes a few bits apart): good on photos, merges look-alike drawings.")
+    ] = False,
     pixel_bits: Annotated[int, typer.Option(help="Perceptual-hash bits (of 64) two pixel copies may differ in.")
                           ] = 8,
     near: Annotated[bool, typer.Option(help="Drop near-duplicates by embedding.")] = True,

@@ -27,6 +27,16 @@ the share of (original, its own distractor) pairs at or above the threshold. Eac
 threshold maximises min(P, R) pooled (on a plateau, its middle). "pipeline" runs the dedup
 stage itself (indexing.curation.dedup.near_duplicates, k 16, keep first) at that threshold over all
 images: P = dropped copies whose kept item is their own original's group, R = copies dropped.
+
+"stage" runs the dedup stage's steps as `retr curate dedup` does (indexing/curation/dedup_stage.py):
+exact copies (sha256 of the file), then pixel copies (`pixel_duplicates`, pHash of the decoded image
+at most N bits apart, N in --pixel-bits), then `near_duplicates` on what is left, keep first
+everywhere. P per edit = dropped copies merged into an item of their own original's group, R = copies
+dropped, "all" = every drop (an original or a distractor dropped is wrong), "hard" = distractors that
+end in one group with their own original. pHash alone is the pixel step without the near one. Each
+model's stage threshold is chosen three ways (RULES): maximising the worst min(P, R) over the edits
+("edits"), min(P, R) of all drops ("pooled"), or the worse of the two ("both", the one recommended);
+"shipped" is the stage at dedup_stage's DEFAULT_THRESHOLDS.
 Prints (numbers illustrative):
 
     set: 200 originals (70 photo, 60 clipart, 70 emoji), 1400 copies, 205 distractors
@@ -35,6 +45,19 @@ Prints (numbers illustrative):
     ...
     pipeline            ...
     below the 0.95 bar: phash flip (R 0.00), ...
+
+    stage: exact -> pixel (pHash <= 8 bits) -> near (keep first); P/R per edit, all = every drop, ...
+    model                    rule       thr      jpeg    resize  ...       all   hard
+    retr:effnet-lite0        edits    0.857 1.00/0.99 1.00/1.00  ... 0.97/0.99   6.7%
+    retr:effnet-lite0        pooled   0.903 ...
+    retr:effnet-lite0        both     0.864 ...
+    retr:effnet-lite0        shipped  0.846 ...
+    phash                    pixel        - 1.00/0.99 1.00/1.00  ... 0.99/0.63   2.7%
+    ...
+    stage below the 0.95 bar, rule both at each model's best pixel_bits (11):
+      retr:dinov2-small 6 bits both flip (P 0.90, R 0.89): missed 7 emoji, 6 photo, 2 clipart [mirror]; ...
+    best pixel_bits per rule (...), scores at 6 / 8 / 10 bits:
+      retr:effnet-lite0        edits 6 (0.979 / 0.979 / 0.950)   pooled 8 (...)   both 8 (0.973 / 0.976 / 0.950)
     thresholds -> ~/.cache/retr/bench/dedup-quality/SET/thresholds.json
 
 A recorded run, and the failures it shows, are in docs/benchmarks.md ("Near-duplicate quality").
@@ -59,8 +82,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from indexing.atomic import write_json, write_npy, write_parquet
 from indexing.cache import cache_dir
-from indexing.curation.dedup import near_duplicates
-from indexing.curation.phash import HASH_BITS, hamming, phash, phash_similarity
+from indexing.curation.dedup import connected_components, exact_duplicates, near_duplicates, pixel_duplicates
+from indexing.curation.dedup_stage import DEFAULT_THRESHOLDS, DedupConfig
+from indexing.curation.phash import HASH_BITS, hamming, phash_file, phash_similarity
+from indexing.curation.result import StageResult
 from indexing.decode import DecodeError, decode_image
 from indexing.sources import Item, read_item_bytes
 from retrieval.training.data import Pair, load_pairs
@@ -76,6 +101,17 @@ EMOJI_STYLES = ("emoji-twitter", "openmoji")  # the same emoji drawn again: hard
 # CC0, Apache-2.0): GCompris' per-image CC-BY-SA photos and Tux Paint's GPL stamps are left out.
 SHEET_CORPORA = ("skimage-photos", "openclipart", "emoji-google")
 WORDS = ("SALE", "© 2024", "hello", "DRAFT", "photo", "#1", "sample", "www")
+# pixel_bits tried for the stage's pixel step (dedup_stage's default is 8). Distances between hashes are
+# always even (phash.py), so 7 behaves as 6 and 9 as 8.
+PIXEL_BITS = (6, 8, 10)
+# Stage thresholds: a coarse pass over every cosine worth trying, then 0.001 steps around the best.
+COARSE = np.round(np.arange(0.30, 0.995, 0.01), 3)
+FINE_HALF_WIDTH = 0.01
+# How a stage threshold is chosen: "edits" maximises the worst min(P, R) over the edits' copies (blind to
+# originals and distractors dropped), "pooled" min(P, R) of every drop (blind to which edit is missed),
+# "both" the worse of the two.
+RULES = ("edits", "pooled", "both")
+RECOMMENDED = "both"  # the rule whose failures are listed (docs/benchmarks.md says why)
 
 
 @dataclass(frozen=True)
@@ -281,21 +317,22 @@ def _encode(spec: str, paths: list[str], batch: int = 32) -> tuple[np.ndarray, f
 
 
 def _phash_all(paths: list[str]) -> tuple[np.ndarray, float]:
+    """Hashes of the images decoded as the embed pipeline decodes them (indexing/embed.py), never
+    cached: a few seconds, and a cache would outlive a change to the hash (the box reduction did)."""
     t = time.perf_counter()
-    hashes = np.array([phash(Image.open(p)) for p in paths], np.int64)
+    hashes = np.array([phash_file(p) for p in paths], np.int64)
     return hashes, 1000 * (time.perf_counter() - t) / len(paths)
 
 
 def embeddings(model: str, paths: list[str], folder: Path) -> tuple[np.ndarray, float]:
     """(n, d) unit vectors (int64 hashes for phash) and ms per image, from the cache when there."""
+    if model == "phash":
+        return _phash_all(paths)
     base = model.removesuffix(INSTANCE)
     slug = base.replace(":", "-").replace("/", "_")
     vec_path, meta_path = folder / f"{slug}.npy", folder / f"{slug}.json"
     if not (vec_path.is_file() and meta_path.is_file()):
-        if base == "phash":
-            x, ms, instance_dim = *_phash_all(paths), 0
-        else:
-            x, ms, instance_dim = _encode(base, paths)
+        x, ms, instance_dim = _encode(base, paths)
         write_npy(vec_path, x)
         write_json(meta_path, {"ms_per_image": ms, "instance_dim": instance_dim, "n": len(paths)})
     x, meta = np.load(vec_path), json.loads(meta_path.read_text())
@@ -324,6 +361,8 @@ class Labels:
     group: np.ndarray  # the original's id for originals and copies, -1 for distractors
     of: np.ndarray  # the original a copy or distractor belongs to
     edit: np.ndarray
+    kind: np.ndarray  # photo / clipart / emoji (a copy's or distractor's: its original's)
+    param: np.ndarray  # the edit's parameters ("q41", "63%", ...)
 
     @property
     def n_orig(self) -> int:
@@ -377,11 +416,15 @@ def thresholds_for(model: str) -> np.ndarray:
     return np.round(np.arange(0.30, 1.0005, 0.001), 4)
 
 
+def plateau_middle(score: np.ndarray) -> int:
+    """Index of the highest score; on a plateau of equal highest scores, its middle."""
+    best = np.flatnonzero(score >= score.max() - 1e-12)
+    return int(best[len(best) // 2])
+
+
 def default_threshold(pr: dict[str, tuple[np.ndarray, np.ndarray]], thr: np.ndarray) -> int:
     """Index of the threshold that maximises min(P, R) pooled; on a plateau, its middle."""
-    balanced = np.minimum(*pr["pooled"])
-    best = np.flatnonzero(balanced >= balanced.max() - 1e-12)
-    return int(best[len(best) // 2])
+    return plateau_middle(np.minimum(*pr["pooled"]))
 
 
 def pipeline_scores(model: str, x: np.ndarray, labels: Labels, threshold: float) -> dict[str, tuple[float, float]]:
@@ -392,11 +435,32 @@ def pipeline_scores(model: str, x: np.ndarray, labels: Labels, threshold: float)
         xb, cos = (bits.astype(np.float32) * 2 - 1) / np.sqrt(HASH_BITS), 2 * threshold - 1
     else:
         xb, cos = x.astype(np.float32), threshold
-    n = len(labels.role)
-    result = near_duplicates(np.arange(n), xb, float(min(cos, 1.0)), keep="first")
-    ids, of_ids = result.dropped.column("id").to_numpy(), result.dropped.column("of_id").to_numpy()
-    truth = np.where(labels.group >= 0, labels.group, -1 - np.arange(n))  # a distractor is its own group
-    right = truth[ids] == truth[of_ids]
+    result = near_duplicates(np.arange(len(labels.role)), xb, float(min(cos, 1.0)), keep="first")
+    return drop_scores(Drops.of_steps(result), labels)
+
+
+@dataclass(frozen=True)
+class Drops:
+    """What the dedup steps dropped: row ids, and the row each one was merged into."""
+    ids: np.ndarray
+    of: np.ndarray
+
+    @staticmethod
+    def of_steps(*steps: StageResult) -> Drops:
+        return Drops(*(np.concatenate([s.dropped.column(c).to_numpy() for s in steps]).astype(np.int64)
+                       for c in ("id", "of_id")))
+
+
+def _truth(labels: Labels) -> np.ndarray:
+    """Each row's true group: its original's id, and a group of its own for a distractor."""
+    return np.where(labels.group >= 0, labels.group, -1 - np.arange(len(labels.group)))
+
+
+def drop_scores(drops: Drops, labels: Labels) -> dict[str, tuple[float, float]]:
+    """Per edit, (P, R) of its copies: P the dropped ones merged into their own original's group, R the
+    share dropped; "all" counts every drop (an original or a distractor dropped is wrong)."""
+    ids, truth = drops.ids, _truth(labels)
+    right = truth[ids] == truth[drops.of]
     out = {}
     for edit in TRANSFORMS:
         is_copy = (labels.role[ids] == "copy") & (labels.edit[ids] == edit)
@@ -404,7 +468,133 @@ def pipeline_scores(model: str, x: np.ndarray, labels: Labels, threshold: float)
         out[edit] = (float(right[is_copy].mean()) if is_copy.any() else 1.0, is_copy.sum() / max(n_copies, 1))
     out["all"] = (float(right.mean()) if len(right) else 1.0, (labels.role[ids] == "copy").sum() /
                   max(int((labels.role == "copy").sum()), 1))
+    return {k: (float(p), float(r)) for k, (p, r) in out.items()}
+
+
+# --- the stage as `retr curate dedup` runs it: exact, then pixel, then near ----------------------------
+
+
+@dataclass
+class StageRow:
+    model: str
+    pixel_bits: int
+    # how the threshold was chosen: a rule in RULES, "shipped" (dedup_stage's DEFAULT_THRESHOLDS), "pixel" for
+    # pHash alone (no near step)
+    rule: str
+    threshold: float | None
+    scores: dict[str, tuple[float, float]]  # edit / all -> (P, R)
+    hard: float  # share of distractors that end in one group with their own original
+    misses: list[str]  # edits below the bar, with what was missed or merged wrongly
+    curve: list[float] | None = None  # the rule's score at each COARSE threshold, for the plot
+
+
+def objective(scores: dict[str, tuple[float, float]], rule: str) -> float:
+    """The score a rule (RULES) maximises."""
+    edits, pooled = min(min(scores[e]) for e in TRANSFORMS), min(scores["all"])
+    return {"edits": edits, "pooled": pooled, "both": min(edits, pooled)}[rule]
+
+
+def file_digests(paths: list[str]) -> list[str]:
+    return [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
+
+
+def pixel_step(digests: list[str], hashes: np.ndarray, bits: int) -> tuple[np.ndarray, list[StageResult]]:
+    """dedup_pool's first steps: exact copies (sha256), then pixel copies among what is left.
+    (ids still live, the steps); ids are row numbers, kept first in each group as with --keep first."""
+    ids = np.arange(len(hashes))
+    exact = exact_duplicates(ids, digests, keep="first")
+    pixel = pixel_duplicates(exact.kept, hashes[exact.kept], bits, keep="first")
+    return pixel.kept, [exact, pixel]
+
+
+def hard_merged(drops: Drops, labels: Labels) -> float:
+    """Share of distractors whose final group (every drop an edge) holds an item of their original's group."""
+    comp = connected_components(len(labels.role), drops.ids, drops.of)
+    rows = np.flatnonzero(labels.role == "distractor")
+    hit = [bool((comp[labels.group == labels.of[i]] == comp[i]).any()) for i in rows]
+    return float(np.mean(hit)) if hit else 0.0
+
+
+def _summary(rows: np.ndarray, what: Callable[[int], str]) -> str:
+    counts: dict[str, int] = {}
+    for i in rows:
+        counts[what(int(i))] = counts.get(what(int(i)), 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def describe_misses(drops: Drops, labels: Labels, scores: dict[str, tuple[float, float]]) -> list[str]:
+    """For each edit below the bar: its copies left in (by kind, with the edit's parameters) and those
+    merged into another group (kind -> role and kind of what they were merged into)."""
+    truth, out = _truth(labels), []
+    of = dict(zip(drops.ids.tolist(), drops.of.tolist(), strict=True))
+    for edit in TRANSFORMS:
+        p, r = scores[edit]
+        if p >= BAR and r >= BAR:
+            continue
+        copies = np.flatnonzero((labels.role == "copy") & (labels.edit == edit))
+        missed = np.setdiff1d(copies, drops.ids)
+        wrong = np.array([i for i in copies if i in of and truth[i] != truth[of[i]]], np.int64)
+        text = f"{edit} (P {p:.2f}, R {r:.2f})"
+        if len(missed):
+            text += f": missed {_summary(missed, lambda i: labels.kind[i])}"
+            text += f" [{' '.join(sorted(set(labels.param[missed].tolist()))[:8])}]"
+        if len(wrong):
+            into = _summary(wrong, lambda i: f"{labels.kind[i]} -> {labels.role[of[i]]} {labels.kind[of[i]]}")
+            text += f"; merged wrongly {into}"
+        out.append(text)
     return out
+
+
+def _stage_row(model: str, bits: int, rule: str, threshold: float | None, drops: Drops, labels: Labels) -> StageRow:
+    scores = drop_scores(drops, labels)
+    return StageRow(model, bits, rule, threshold, scores, hard_merged(drops, labels),
+                    describe_misses(drops, labels, scores))
+
+
+def best_threshold(score: Callable[[float], float]) -> float:
+    """The threshold that maximises score: the best of COARSE, then 0.001 steps around it (plateau middles)."""
+    c = float(COARSE[plateau_middle(np.array([score(float(t)) for t in COARSE]))])
+    fine = np.round(np.arange(c - FINE_HALF_WIDTH, c + FINE_HALF_WIDTH + 1e-9, 0.001), 3)
+    fine = fine[(fine > 0) & (fine <= 1)]
+    return float(fine[plateau_middle(np.array([score(float(t)) for t in fine]))])
+
+
+def stage_rows(model: str, x: np.ndarray, hashes: np.ndarray, digests: list[str], labels: Labels,
+               bits: int) -> list[StageRow]:
+    """The stage at pixel_bits `bits`: pHash alone (the pixel step), or a model's near step after it
+    at the threshold each rule chooses, and at its shipped default threshold."""
+    live, first = pixel_step(digests, hashes, bits)
+    if model == "phash":
+        return [_stage_row(model, bits, "pixel", None, Drops.of_steps(*first), labels)]
+    xb = np.ascontiguousarray(x, np.float32)
+    runs: dict[float, tuple[Drops, dict[str, tuple[float, float]]]] = {}
+
+    def run(t: float) -> tuple[Drops, dict[str, tuple[float, float]]]:
+        t = round(t, 3)
+        if t not in runs:
+            drops = Drops.of_steps(*first, near_duplicates(live, xb[live], t, keep="first", k=16))
+            runs[t] = drops, drop_scores(drops, labels)
+        return runs[t]
+
+    chosen = {rule: best_threshold(lambda t, rule=rule: objective(run(t)[1], rule)) for rule in RULES}
+    if model in DEFAULT_THRESHOLDS:
+        chosen["shipped"] = DEFAULT_THRESHOLDS[model]
+    rows = [_stage_row(model, bits, rule, t, run(t)[0], labels) for rule, t in chosen.items()]
+    for r in rows:
+        if r.rule in RULES:
+            r.curve = [objective(run(float(t))[1], r.rule) for t in COARSE]
+    return rows
+
+
+def best_bits(rows: list[StageRow]) -> dict[tuple[str, str], int]:
+    """(model, rule) -> the pixel_bits whose row scores best under that rule (the smaller on a tie)."""
+    out: dict[tuple[str, str], tuple[float, int]] = {}
+    for r in rows:
+        for rule in RULES:
+            if r.rule in (rule, "pixel"):
+                key, value = (r.model, rule), (objective(r.scores, rule), -r.pixel_bits)
+                out[key] = max(out.get(key, value), value)
+    return {k: -v[1] for k, v in out.items()}
 
 
 # --- report --------------------------------------------------------------------------------------------
@@ -453,6 +643,45 @@ def print_table(results: list[ModelResult]) -> None:
                                                            for c in (*TRANSFORMS, "all")))
 
 
+def print_stage(rows: list[StageRow]) -> None:
+    cols = (*TRANSFORMS, "all")
+    for bits in sorted({r.pixel_bits for r in rows}):
+        print(f"\nstage: exact -> pixel (pHash <= {bits} bits) -> near (keep first); P/R per edit, all = every "
+              "drop, hard = distractors merged with their original")
+        print(f"{'model':24s} {'rule':7s} {'thr':>6s} " + " ".join(f"{c:>9s}" for c in cols) + f" {'hard':>6s}")
+        for r in (r for r in rows if r.pixel_bits == bits):
+            thr = "-" if r.threshold is None else f"{r.threshold:.3f}"
+            print(f"{r.model:24s} {r.rule:7s} {thr:>6s} " + " ".join(f"{_cell(r.scores[c]):>9s}" for c in cols)
+                  + f" {r.hard:6.1%}")
+    best = best_bits(rows)
+    below = [f"{r.model} {r.pixel_bits} bits {r.rule} {m}" for r in rows if r.rule in (RECOMMENDED, "pixel")
+             for m in r.misses if best[(r.model, RECOMMENDED)] == r.pixel_bits]
+    print(f"\nstage below the {BAR} bar, rule {RECOMMENDED} at each model's best pixel_bits ({len(below)}):")
+    print("\n".join(f"  {line}" for line in below) or "  none")
+    print("\nbest pixel_bits per rule (edits: worst min(P, R) over edits; pooled: min(P, R) of every drop; "
+          "both: the worse), scores at " + " / ".join(str(b) for b in sorted({r.pixel_bits for r in rows})) + " bits:")
+    for model in dict.fromkeys(r.model for r in rows):
+        text = []
+        for rule in RULES:
+            scores = " / ".join(f"{objective(r.scores, rule):.3f}" for r in rows
+                                if r.model == model and r.rule in (rule, "pixel"))
+            text.append(f"{rule} {best[(model, rule)]} ({scores})")
+        print(f"  {model:24s} " + "   ".join(text))
+
+
+def stage_thresholds(rows: list[StageRow]) -> dict[str, dict]:
+    """model -> {"best_pixel_bits": {rule: bits}, "<bits>": {rule: threshold and scores}} for thresholds.json."""
+    best = best_bits(rows)
+    out: dict[str, dict] = {}
+    for r in rows:
+        entry = out.setdefault(r.model, {"best_pixel_bits": {rule: best[(r.model, rule)]
+                                                             for rule in RULES}})
+        entry.setdefault(str(r.pixel_bits), {})[r.rule] = {
+            "threshold": r.threshold, "min_over_edits": objective(r.scores, "edits"), "all": r.scores["all"],
+            "hard_merged": r.hard}
+    return out
+
+
 def misses(results: list[ModelResult]) -> list[str]:
     out = []
     for r in results:
@@ -464,7 +693,8 @@ def misses(results: list[ModelResult]) -> list[str]:
     return out
 
 
-def plot(results: list[ModelResult], path: Path) -> None:
+def plot(results: list[ModelResult], path: Path, stage: Sequence[StageRow] = ()) -> None:
+    """Pair curves per model; with `stage` rows (one pixel_bits), the stage's RECOMMENDED-rule score too."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -487,9 +717,14 @@ def plot(results: list[ModelResult], path: Path) -> None:
             ax.plot(thr, r.curve[edit][1], lw=1, label=f"R {edit}")
         ax.plot(thr, r.curve["pooled"][0], "k", lw=2, label="P pooled")
         ax.axvline(r.threshold, color="grey", ls="--")
+        title = f"{r.model} (default {r.threshold:.3f})"
+        for row in (row for row in stage if row.model == r.model and row.rule == RECOMMENDED):
+            ax.plot(COARSE, row.curve, "k:", lw=2, label=f"stage, pixel ≤ {row.pixel_bits}: {RECOMMENDED}")
+            ax.axvline(row.threshold, color="k", ls=":")
+            title = f"{r.model} (pairs {r.threshold:.3f}, stage {row.threshold:.3f})"
         ax.axhline(BAR, color="grey", lw=0.5)
         lo = thr[np.argmax(np.array(r.curve["pooled"][1]) < 0.999)] if r.model != "phash" else thr.min()
-        ax.set(title=f"{r.model} (default {r.threshold:.3f})", xlabel="threshold", xlim=(max(lo - 0.05, thr.min()), 1),
+        ax.set(title=title, xlabel="threshold", xlim=(max(lo - 0.05, thr.min()), 1),
                ylim=(0, 1.01))
     axes.flat[1].legend(fontsize=6, loc="lower left")
     for ax in axes.flat[len(results) + 1:]:
@@ -535,36 +770,47 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--plot", type=Path, default=None, help="write the threshold curves here (PNG)")
     ap.add_argument("--failures", type=Path, default=None, help="a sheet of the first model's failures (PNG)")
+    ap.add_argument("--pixel-bits", type=int, nargs="+", default=list(PIXEL_BITS),
+                    help="pixel-step radii for the stage evaluation (pHash bits)")
     args = ap.parse_args()
     config = SetConfig(10, 10, 10) if args.small else SetConfig()
     folder = cache_dir() / "bench" / "dedup-quality" / config.name
     t0 = time.perf_counter()
     items = build_set(config, folder)
-    labels = Labels(*(np.array(items.column(c).to_pylist()) for c in ("role", "group", "of", "edit")))
+    labels = Labels(*(np.array(items.column(c).to_pylist()) for c in ("role", "group", "of", "edit", "kind", "param")))
     kinds = [k for k, role in zip(items.column("kind").to_pylist(), labels.role, strict=True) if role == "original"]
     by_kind = ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds))
     print(f"set {config.name}: {labels.n_orig} originals ({by_kind}), "
           f"{(labels.role == 'copy').sum()} copies, {(labels.role == 'distractor').sum()} distractors "
           f"({time.perf_counter() - t0:.0f} s)")
-    results, sims = [], {}
+    results, sims, vectors = [], {}, {}
+    paths = items.column("path").to_pylist()
     for model in args.models:
         try:
-            x, ms = embeddings(model, items.column("path").to_pylist(), folder / "embeddings")
+            x, ms = embeddings(model, paths, folder / "embeddings")
         except (ValueError, ImportError, OSError, RuntimeError) as e:
             print(f"{model}: skipped ({type(e).__name__}: {e})")
             continue
         result, sims[model] = evaluate(model, x, ms, labels)
         results.append(result)
+        vectors[model] = x
     print_table(results)
     below = misses(results)
     print(f"\nbelow the {BAR} bar ({len(below)}): " + ("; ".join(below) or "none"))
+    hashes = vectors["phash"] if "phash" in vectors else embeddings("phash", paths, folder)[0]
+    digests = file_digests(paths)
+    stage = [row for bits in args.pixel_bits for model, x in vectors.items()
+             for row in stage_rows(model, x, hashes, digests, labels, bits)]
+    print_stage(stage)
+    by_stage = stage_thresholds(stage)
     write_json(folder / "thresholds.json", {
         r.model: {"threshold": r.threshold, "rule": "max min(P, R), all edits pooled", "pooled": r.pairs["pooled"],
-                  "pipeline_all": r.pipeline["all"]} for r in results})
+                  "pipeline_all": r.pipeline["all"], "stage": by_stage.get(r.model, {})} for r in results})
     write_json(folder / "results.json", [asdict(r) for r in results])
+    write_json(folder / "stage.json", [asdict(r) for r in stage])
     print(f"thresholds -> {folder / 'thresholds.json'}  (total {time.perf_counter() - t0:.0f} s)")
     if args.plot and results:
-        plot(results, args.plot)
+        plot(results, args.plot, [r for r in stage if r.pixel_bits == DedupConfig().pixel_bits])
     if args.failures and results:
         draw_failures(results[0], sims[results[0].model], items, labels, args.failures)
 

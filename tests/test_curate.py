@@ -125,7 +125,7 @@ def test_against_drops_pool_items_that_leak_an_evaluation_set(photos: Path, tmp_
     evals.mkdir()
     Image.open(photos / "rocket.png").resize((256, 256)).save(evals / "rocket-small.png")
     out = tmp_path / "dedup"
-    spec = StageSpec("dedup", str(photos), out, "test:pixels", {"threshold": 0.99, "near": False},
+    spec = StageSpec("dedup", str(photos), out, "test:pixels", {"threshold": 0.99, "near": False, "pixel": True},
                      {"against": [str(evals)]}, EMBED, progress=False)
     run_stage(spec, _enc)
     leaks = [r for r in _table(out, "dropped.parquet") if r["reason"] == "eval_leak"]

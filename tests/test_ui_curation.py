@@ -103,7 +103,7 @@ def run_folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("curation")
     items, evals = write_pool(root)
     run = root / "run"
-    spec = StageSpec("dedup", str(items), run / "01-dedup", "test:pixels", {"threshold": 0.97},
+    spec = StageSpec("dedup", str(items), run / "01-dedup", "test:pixels", {"threshold": 0.97, "pixel": True},
                      {"against": [str(evals)]}, EmbedConfig(batch_size=16, num_workers=0), progress=False)
     run_stage(spec, lambda model: PixelEncoder())
     write_cluster_stage(run / "01-dedup", run / "02-cluster")

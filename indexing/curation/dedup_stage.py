@@ -31,10 +31,13 @@ from indexing.curation.result import StageResult, dropped_table
 
 # Cosine thresholds at which each model's near-duplicates reached the best precision/recall balance on
 # real edited copies (bench/bench_dedup_quality.py; docs/benchmarks.md "Near-duplicate quality").
-# Chosen by max min(P, R) over all edits pooled; retr:effnet-lite0 is the best of them there.
+# Chosen on bench/bench_dedup_quality.py's edited copies, on the stage as it runs (pixel step, then the model),
+# maximising the worse of (worst edit's min(P, R), all drops' min(P, R)). On the project's own icon and emoji
+# corpora these thresholds still merge distinct look-alike drawings (docs/benchmarks.md "Curation on the
+# project's corpora"): check a report before trusting a run on drawings.
 DEFAULT_THRESHOLDS: dict[str, float] = {
-    "retr:effnet-lite0": 0.846, "retr:sscd": 0.590, "retr:sscd-student": 0.660, "retr:dinov2-small": 0.953,
-    "retr:default": 0.806, "retr:minilm": 0.833,
+    "retr:effnet-lite0": 0.864, "retr:sscd": 0.626, "retr:sscd-student": 0.712, "retr:dinov2-small": 0.960,
+    "retr:default": 0.810, "retr:minilm": 0.856,
 }
 
 
@@ -44,7 +47,10 @@ class DedupConfig:
     keep: str = "first"  # which member of a group stays: first (smallest id) / largest (pixels) / central
     k: int = 16  # neighbours per item in the k-NN graph: a group larger than k+1 is still found through chains
     exact: bool = True  # drop identical bytes (sha256)
-    pixel: bool = True  # drop pixel copies: perceptual hashes at most pixel_bits apart
+    # off by default: a grey-level hash cannot tell a red heart from a blue one or one tricolour flag from
+    # another, so on drawings it chained unrelated items (1 % of its drops were copies on our corpora); on
+    # photos it catches the JPEG / resized copies embeddings of small images miss
+    pixel: bool = False  # drop pixel copies: perceptual hashes at most pixel_bits apart
     # 8 of 64 bits: 0.99 precise on the duplicate benchmark, recall ≥ 0.99 for JPEG and resizes, which
     # embeddings of small images miss most (docs/benchmarks.md "Near-duplicate quality")
     pixel_bits: int = 8
