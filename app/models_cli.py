@@ -30,13 +30,17 @@ def train_cmd(
     device: AutoDevice = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Train the heads of a dual encoder on locked pretrained towers (rerun to resume)."""
+    """Train the heads of a dual encoder on locked pretrained towers, or an ITM reranker on a dual encoder's
+    towers (a config with "objective": "itm"); rerun to resume."""
     from indexing.cache import cache_dir
     from retrieval.encoders import resolve_device
     from retrieval.encoders.retr_models import tower_bridge
     from retrieval.training.config import read_config
+    from retrieval.training.itm_loop import is_itm_config
     from retrieval.training.loop import train
 
+    if is_itm_config(config):
+        return _train_itm(config, device, quiet)
     try:
         cfg = read_config(config)
         bridge = tower_bridge(cfg.image_tower, resolve_device(device), cfg.bridge, trim=cfg.trim_border,
@@ -50,6 +54,19 @@ def train_cmd(
         f"loss {report.first_loss:.3f} → {report.last_loss:.3f} · {report.seconds:.0f}s",
     )
     typer.echo(f"retr:{report.out}")
+
+
+def _train_itm(config: Path, device: str, quiet: bool) -> None:
+    from indexing.cache import cache_dir
+    from retrieval.encoders import resolve_device
+    from retrieval.training.itm_loop import read_itm_config, train_itm
+
+    try:
+        report = train_itm(read_itm_config(config), resolve_device(device), cache=cache_dir(), progress=not quiet)
+    except (ValueError, FileNotFoundError) as e:
+        raise fail(str(e)) from e
+    say(("trained", "green"), f" {report.out} · ITM reranker, {report.n_pairs} pairs · loss {report.first_loss:.3f} → "
+        f"{report.last_loss:.3f} · weight {report.weight:.1f} · {report.seconds:.0f}s")
 
 
 def _model_spec(model_or_index: str) -> str:
