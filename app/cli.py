@@ -131,6 +131,12 @@ def index_build(
                            "built with, else delete and rebuild it.")
     ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="Embed on Ray actors, one per CPU (GPU) slot; without --ray-address it starts a local "
+        "cluster (needs `pip install 'retr[distributed]'`; docs/scale.md).")] = False,
+    ray_address: Annotated[str | None, typer.Option(
+        help="Ray cluster to join (implies --ray): auto for `ray start --head` on this machine, or "
+        "ray://HOST:10001.")] = None,
 ) -> None:
     """Embed SOURCE and build a sharded index in OUT (rerun the same command to resume)."""
     try:
@@ -149,10 +155,19 @@ def index_build(
                 return
             say(f"rebuilding {out}: {why}")
             shutil.rmtree(out)
-        report = build_mod.build_index(items, out, encoder, config, source=source, progress=not quiet)
+        runner = {"runner": _ray_runner(ray_address, model, device)} if ray or ray_address else {}
+        report = build_mod.build_index(items, out, encoder, config, source=source, progress=not quiet, **runner)
     except (ValueError, FileNotFoundError) as e:
         raise fail(str(e)) from e
     _report(report, "built")
+
+
+def _ray_runner(address: str | None, model: str, device: str):
+    from indexing.distributed.ray_embed import RayConfig, RayEmbedRunner, import_ray, registry_encoder
+
+    import_ray()  # the install hint now, before any work
+    ray_config = RayConfig(address=address, gpus_per_actor=1.0 if device.startswith("cuda") else 0.0)
+    return RayEmbedRunner(registry_encoder(model, device), ray_config)
 
 
 @index_app.command("add")

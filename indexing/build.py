@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -52,6 +52,11 @@ from indexing.store import (
 )
 from indexing.tune import apply_search_param, exact_knn, recall_at_k, tune_search_params
 from retrieval.encoders.base import Encoder
+
+# Who embeds a segment: called like `embed_items` (items, folder, encoder, embed config, start_id=, start_cid=,
+# progress=) and returns its EmbedSummary. `embed_items` runs here; indexing.distributed.ray_embed.RayEmbedRunner
+# hands the same chunk calls to Ray actors. Everything after embedding is the same for both.
+EmbedRunner = Callable[..., EmbedSummary]
 
 
 @dataclass(frozen=True)
@@ -233,8 +238,11 @@ def build_index(
     *,
     source: str = "",
     progress: bool = True,
+    runner: EmbedRunner = embed_items,
 ) -> BuildReport:
-    """Embed `items` (resuming a killed run) and write a complete sharded index to `index_dir`."""
+    """Embed `items` (resuming a killed run) and write a complete sharded index to `index_dir`.
+
+    `runner` embeds the chunks (local by default; see EmbedRunner)."""
     index_dir = Path(index_dir)
     if (index_dir / "index.json").exists():
         raise ValueError(f"{index_dir} already holds an index; use `retr index add` to grow it or pick another --out")
@@ -243,15 +251,21 @@ def build_index(
     with writer_lock(index_dir, action="build"):
         if (index_dir / "index.json").exists():  # a build that held the lock before us finished it
             raise ValueError(f"{index_dir} already holds an index; use `retr index add` to grow it")
-        return _build_locked(items, index_dir, encoder, config, source, progress)
+        return _build_locked(items, index_dir, encoder, config, source, progress, runner)
 
 
 def _build_locked(
-    items: Sequence[Item], index_dir: Path, encoder: Encoder, config: IndexConfig, source: str, progress: bool
+    items: Sequence[Item],
+    index_dir: Path,
+    encoder: Encoder,
+    config: IndexConfig,
+    source: str,
+    progress: bool,
+    runner: EmbedRunner,
 ) -> BuildReport:
     t0 = time.perf_counter()
     seg_dir = index_dir / "embeddings" / _segment_name(0)
-    summary = embed_items(items, seg_dir, encoder, config.embed, start_id=0, start_cid=0, progress=progress)
+    summary = runner(items, seg_dir, encoder, config.embed, start_id=0, start_cid=0, progress=progress)
     seg = _Segment.read(seg_dir)
     if seg.meta.num_rows == 0:
         raise ValueError(f"none of the {len(items)} items could be decoded; see {seg_dir} rejects")

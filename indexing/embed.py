@@ -199,35 +199,77 @@ def embed_items(
     start_id: int = 0,
     start_cid: int = 0,
     progress: bool = True,
+    embed_chunks: Callable[..., tuple[int, int]] | None = None,
 ) -> EmbedSummary:
-    """Embed `items` into chunk files under `folder`, resuming whatever a previous run finished."""
+    """Embed `items` into chunk files under `folder`, resuming whatever a previous run finished.
+
+    `embed_chunks` (default `embed_chunk_files`, in this process) is who embeds the pending chunks: a
+    distributor such as indexing.distributed.ray_embed hands the same calls to remote workers."""
     t0 = time.perf_counter()
+    pending = prepare_embed_job(items, folder, encoder, config, start_id=start_id, start_cid=start_cid)
+    n, cs = len(items), config.chunk_size
+    n_chunks = (n + cs - 1) // cs
+    bar = tqdm(total=pending_items(n, cs, pending), unit="img", desc="embed", disable=not progress, smoothing=0.1)
+    with bar:
+        n_embedded, n_rejected = (embed_chunks or embed_chunk_files)(
+            items, folder, pending, encoder, config, start_id=start_id, start_cid=start_cid, on_batch=bar.update
+        )
+    return EmbedSummary(n, n_embedded, n_rejected, n_chunks, n_chunks - len(pending), time.perf_counter() - t0)
+
+
+def prepare_embed_job(
+    items: Sequence[Item], folder: Path, encoder: Encoder, config: EmbedConfig, *, start_id: int, start_cid: int
+) -> list[int]:
+    """Create or check `folder`'s job (refusing other parameters) and return the chunks not yet committed.
+
+    Every runner (local, Ray) starts here, so both resume the same way. Only call while no worker writes."""
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(folder)
     _check_or_write_job(folder, job_params(encoder, items, config, start_id, start_cid))
-    n, cs = len(items), config.chunk_size
-    n_chunks = (n + cs - 1) // cs
-    pending = [c for c in range(n_chunks) if not chunk_paths(folder, c).meta.exists()]
+    n_chunks = (len(items) + config.chunk_size - 1) // config.chunk_size
+    return [c for c in range(n_chunks) if not chunk_paths(folder, c).meta.exists()]
+
+
+def pending_items(n: int, chunk_size: int, chunks: Sequence[int]) -> int:
+    return sum(min(n, (c + 1) * chunk_size) - c * chunk_size for c in chunks)
+
+
+def embed_chunk_files(
+    items: Sequence[Item],
+    folder: Path,
+    chunks: Sequence[int],
+    encoder: Encoder,
+    config: EmbedConfig,
+    *,
+    start_id: int,
+    start_cid: int,
+    first_chunk: int = 0,
+    on_batch: Callable[[int], object] = lambda n: None,
+) -> tuple[int, int]:
+    """Decode, embed and write `chunks` (each committed by its metadata file, written last).
+
+    `items` start at chunk `first_chunk` of the job: the whole job's items (first_chunk 0) for the local
+    runner, one chunk's slice for a remote worker; `start_id` / `start_cid` are the ids of items[0] and of
+    its first caption. Returns (images embedded, items rejected)."""
+    cs = config.chunk_size
+    local = [c - first_chunk for c in chunks]
     loader = torch.utils.data.DataLoader(
         _DecodeDataset(items, encoder.preprocess, config),
-        batch_sampler=_batches(pending, n, cs, config.batch_size),
+        batch_sampler=_batches(local, len(items), cs, config.batch_size),
         num_workers=config.num_workers,
         collate_fn=_collate,
         worker_init_fn=_worker_init,
         persistent_workers=False,
         pin_memory=encoder.device.startswith("cuda"),  # page-locked batches: async host-to-device copies
     )
-    n_pending_items = sum(min(n, (c + 1) * cs) - c * cs for c in pending)
     n_embedded = n_rejected = 0
     ids = _Ids(start_id, start_cid, caption_offsets(items))
-    bar = tqdm(total=n_pending_items, unit="img", desc="embed", disable=not progress, smoothing=0.1)
-    with bar:
-        for chunk, batches in _group_by_chunk(loader, cs):
-            rows = _embed_chunk(batches, items, encoder, config, ids, on_batch=bar.update)
-            _write_chunk(folder, chunk, rows, items, start_id, config)
-            n_embedded += len(rows.ok)
-            n_rejected += len(rows.rejected)
-    return EmbedSummary(n, n_embedded, n_rejected, n_chunks, n_chunks - len(pending), time.perf_counter() - t0)
+    for chunk, batches in _group_by_chunk(loader, cs):
+        rows = _embed_chunk(batches, items, encoder, config, ids, on_batch=on_batch)
+        _write_chunk(folder, first_chunk + chunk, rows, items, start_id, config)
+        n_embedded += len(rows.ok)
+        n_rejected += len(rows.rejected)
+    return n_embedded, n_rejected
 
 
 def _group_by_chunk(loader: Iterator[_Batch], chunk_size: int) -> Iterator[tuple[int, list[_Batch]]]:
