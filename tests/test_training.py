@@ -340,7 +340,13 @@ def test_config_files_parse_and_name_known_corpora() -> None:
     from indexing.corpora import list_corpora
 
     known = {c.name for c in list_corpora(manifest_dir())}
-    paths = sorted((Path(__file__).resolve().parent.parent / "retrieval" / "training" / "configs").glob("*.json"))
+    from retrieval.training.itm_loop import is_itm_config, read_itm_config
+
+    every = sorted((Path(__file__).resolve().parent.parent / "retrieval" / "training" / "configs").glob("*.json"))
+    itm = [p for p in every if is_itm_config(p)]
+    assert [p.name for p in itm] == ["itm.json"]
+    assert set(read_itm_config(itm[0]).corpora) <= known  # the reranker's recipe names known corpora too
+    paths = [p for p in every if p not in itm]
     assert [p.name for p in paths] == [
         "default.json", "minilm.json", "more-styles.json", "mpnet.json", "trim.json", "unlock.json"]
     for path in paths:
