@@ -143,6 +143,20 @@ def test_a_finished_stage_is_kept_and_other_settings_are_refused(photos: Path, t
         run_stage(_dedup(str(photos), out, keep="largest"), _enc)
 
 
+def test_a_finished_stage_whose_source_changed_is_not_returned_as_if_current(photos: Path, tmp_path: Path) -> None:
+    """The same command after the SOURCE changed on disk (here a manifest lost a row) must not hand back
+    the old kept.parquet."""
+    manifest = tmp_path / "photos.parquet"
+    images = sorted(str(p) for p in photos.glob("*.png"))
+    pq.write_table(pa.table({"image": images, "caption": [Path(p).stem for p in images]}), manifest)
+    out = tmp_path / "dedup"
+    run_stage(_dedup(str(manifest), out), _enc)
+    pq.write_table(pa.table({"image": images[1:], "caption": [Path(p).stem for p in images[1:]]}), manifest)
+    with pytest.raises(ValueError, match="changed on disk"):
+        run_stage(_dedup(str(manifest), out), _enc)
+    assert len(_table(out, "kept.parquet")) + len(_table(out, "dropped.parquet")) == len(images)  # left as it was
+
+
 @pytest.mark.parametrize(("params", "message"), [
     ({"threshold": 1.5}, "cosine similarity in"),
     ({"keep": "best"}, "--keep must be one of"),

@@ -43,14 +43,16 @@ class StageRecord:
     counts: dict  # input, kept, dropped by reason
     seconds: float = 0.0
     provenance: dict = field(default_factory=dict)  # git sha, finished at
+    inputs_digest: str = ""  # source_digest of SOURCE and the other inputs when the stage ran
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def finished_stage(out: Path, stage: str, source: str, params: dict) -> StageRecord | None:
+def finished_stage(out: Path, stage: str, source: str, params: dict, digest: str = "") -> StageRecord | None:
     """The record of a finished stage in OUT asked with the same stage, source and parameters; None when
-    OUT holds no finished stage; ValueError when it holds one asked differently."""
+    OUT holds no finished stage; ValueError when it holds one asked differently or its inputs changed
+    since (DIGEST, `source_digest.inputs_digest`, differs from the one recorded)."""
     path = Path(out) / RECORD
     if not path.is_file():
         return None
@@ -61,6 +63,9 @@ def finished_stage(out: Path, stage: str, source: str, params: dict) -> StageRec
         desc = "; ".join(f"{k}: on disk {obj.get(k)!r}, now {asked[k]!r}" for k in differs)
         raise ValueError(f"{out} holds a finished curate stage asked differently ({desc}). "
                          "Use another --out, or delete it to start over.")
+    if digest and obj.get("inputs_digest") and obj["inputs_digest"] != digest:
+        raise ValueError(f"{out} holds a finished curate stage whose SOURCE (or --against / --seeds) has "
+                         "changed on disk since it ran. Use another --out, or delete it to start over.")
     return StageRecord(**{k: obj[k] for k in StageRecord.__dataclass_fields__ if k in obj})
 
 
@@ -147,6 +152,7 @@ def write_stage(
     write_parquet(out / KEPT, kept_table(pool, result))
     write_parquet(out / DROPPED, dropped_rows(pool, result, record.stage, of_images))
     record = StageRecord(record.stage, record.source, record.params, pool.model, stage_counts(pool, result),
-                         record.seconds, {"git": git_sha(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                         record.seconds, {"git": git_sha(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                         record.inputs_digest)
     write_json(out / RECORD, record.to_json())
     return record

@@ -20,6 +20,7 @@ from indexing.curation.dedup_stage import DedupConfig, dedup_pool
 from indexing.curation.outputs import StageRecord, finished_stage, write_stage
 from indexing.curation.pool import Pool, PoolRequest, load_pool
 from indexing.curation.report import write_report
+from indexing.curation.source_digest import inputs_digest
 from indexing.embed import EmbedConfig
 from retrieval.encoders.base import Encoder
 
@@ -52,6 +53,11 @@ class StageSpec:
         """What curate.json keeps to recognise this stage: its settings, other inputs, the model asked."""
         return {**self.params, **self.inputs, "model": self.model, "truth": self.truth}
 
+    def sources(self) -> list[str]:
+        """SOURCE and every other input SOURCE, in a fixed order."""
+        others = [s for _, v in sorted(self.inputs.items()) for s in ([v] if isinstance(v, str) else v)]
+        return [self.source, *others]
+
 
 def _config(cls: type, params: dict):
     known = {f.name for f in fields(cls)}
@@ -72,7 +78,8 @@ def _pool(
 
 def run_stage(spec: StageSpec, load_encoder: Callable[[str], Encoder]) -> StageRecord:
     """Run (or find finished) the stage `spec` names; returns its curate.json record."""
-    done = finished_stage(spec.out, spec.stage, spec.source, spec.record_params())
+    digest = inputs_digest(spec.sources())
+    done = finished_stage(spec.out, spec.stage, spec.source, spec.record_params(), digest)
     if done is not None:
         return done
     t0 = time.perf_counter()
@@ -83,7 +90,7 @@ def run_stage(spec: StageSpec, load_encoder: Callable[[str], Encoder]) -> StageR
     result, of_images, report = runner(spec, pool, load_encoder)
     report.facts = {"source": spec.source, **report.facts}
     record = StageRecord(spec.stage, spec.source, spec.record_params(), pool.model, {},
-                         round(time.perf_counter() - t0, 2))
+                         round(time.perf_counter() - t0, 2), inputs_digest=digest)
     record = write_stage(spec.out, pool, result, record, of_images)
     report.counts = record.counts
     write_report(report, spec.out / REPORT)
