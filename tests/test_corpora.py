@@ -44,6 +44,7 @@ from indexing.corpora import (
     repeated_titles,
     split_for_key,
 )
+from indexing.corpora.split_groups import parse_split_groups
 from indexing.decode import decode_image
 from indexing.iconify import unpack_icons
 from indexing.manifest import file_sha256
@@ -793,6 +794,14 @@ def test_fetch_writes_a_manifest_list_items_reads_and_reuses_it(tmp_path):
     third = _fetch("tiny", manifests, tmp_path / "cache", registry)
     assert (third.reused, third.n_items, registry.calls) == (False, 2, 1)
 
+    # Split groups (data_manifests/splits/groups.json) are part of what a manifest was built from: a
+    # group putting 👍 with 😀 rebuilds it, and the two keys then share the smaller key's split.
+    groups = parse_split_groups({"groups": [["1F600", "1F44D"]]}, "groups.json")
+    fourth = corpora._fetch(find_corpus("tiny", manifests), cache_dir=tmp_path / "cache", progress=False,
+                            download=registry, split_groups=groups)
+    assert (fourth.reused, registry.calls) == (False, 1)
+    assert [it.extra["split"] for it in list_items(str(fourth.manifest_path))] == [split_for_key("1F44D")] * 2
+
 
 def test_fetch_refuses_an_archive_whose_hash_differs_from_the_pin(tmp_path):
     tarball = _npm_tarball(tmp_path)
@@ -878,6 +887,10 @@ def test_fetch_real_flags_corpus_from_debian(tmp_path):
     assert {"flag of France", "flag of Japan", "flag of Brazil"} <= captions
     france = next(it for it in items if it.caption == "flag of France")
     assert france.extra["key"] == "1F1EB-1F1F7"  # emoji-google's key for 🇫🇷
+    # data_manifests/splits/groups.json: a flag that is another's picture shares its split (no leak)
+    split = {it.extra["key"]: it.extra["split"] for it in items}
+    assert split["1F1F7-1F1EA"] == split["1F1EB-1F1F7"]  # Réunion's flag is France's
+    assert split["1F1E6-1F1FA"] == split["1F1ED-1F1F2"]  # Australia / Heard & McDonald Islands
     assert all(Path(it.path).is_file() for it in items)
     with Image.open(io.BytesIO(Path(items[0].path).read_bytes())) as im:
         assert im.size == (320, 240)

