@@ -86,10 +86,13 @@ def dedup_cmd(
     k: Annotated[int, typer.Option(help="Neighbours per item in the k-NN graph.")] = 16,
     exact: Annotated[bool, typer.Option(help="Drop identical files (sha256).")] = True,
     pixel: Annotated[bool, typer.Option(
-        help="Also drop pixel copies (perceptual hashes a few bits apart): good on photos, merges look-alike drawings.")
-    ] = False,
+        help="Drop pixel copies: perceptual hashes a few bits apart, 8×8 colour grids agreeing (re-encodes, resizes).")
+    ] = True,
     pixel_bits: Annotated[int, typer.Option(help="Perceptual-hash bits (of 64) two pixel copies may differ in.")
                           ] = 8,
+    pixel_colour: Annotated[float, typer.Option(
+        help="Pixel copies must also agree in colour: largest difference of 8×8 mean-colour grids (0-1; 0 = off).")
+    ] = 0.1,
     near: Annotated[bool, typer.Option(help="Drop near-duplicates by embedding.")] = True,
     truth: Annotated[str | None, typer.Option(
         help="Metadata column of true duplicate groups: the report draws precision/recall against the threshold.")
@@ -104,7 +107,7 @@ def dedup_cmd(
 ) -> None:
     """Drop exact, pixel and near-duplicates (one kept per group), and evaluation leaks."""
     params = {"threshold": threshold, "keep": keep, "k": k, "exact": exact, "pixel": pixel, "pixel_bits": pixel_bits,
-              "near": near, "max_memory": _memory(max_memory)}
+              "pixel_colour": pixel_colour, "near": near, "max_memory": _memory(max_memory)}
     inputs = {"against": list(against)} if against else {}
     _go(_spec("dedup", source, out, model, params, inputs=inputs, truth=truth,
               embed=EmbedConfig(batch_size=batch_size, num_workers=workers), quiet=quiet), device)

@@ -82,6 +82,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from indexing.atomic import write_json, write_npy, write_parquet
 from indexing.cache import cache_dir
+from indexing.curation.colour import colour_agrees, colour_signatures
 from indexing.curation.dedup import connected_components, exact_duplicates, near_duplicates, pixel_duplicates
 from indexing.curation.dedup_stage import DEFAULT_THRESHOLDS, DedupConfig
 from indexing.curation.phash import HASH_BITS, hamming, phash_file, phash_similarity
@@ -498,12 +499,20 @@ def file_digests(paths: list[str]) -> list[str]:
     return [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
 
 
-def pixel_step(digests: list[str], hashes: np.ndarray, bits: int) -> tuple[np.ndarray, list[StageResult]]:
-    """dedup_pool's first steps: exact copies (sha256), then pixel copies among what is left.
+def pixel_step(digests: list[str], hashes: np.ndarray, bits: int,
+               colours: np.ndarray | None = None) -> tuple[np.ndarray, list[StageResult]]:
+    """dedup_pool's first steps: exact copies (sha256), then pixel copies among what is left, vetoed by
+    the colour check when `colours` (colour_signatures of every image) are given.
     (ids still live, the steps); ids are row numbers, kept first in each group as with --keep first."""
     ids = np.arange(len(hashes))
     exact = exact_duplicates(ids, digests, keep="first")
-    pixel = pixel_duplicates(exact.kept, hashes[exact.kept], bits, keep="first")
+    agree = None
+    if colours is not None:
+        sig = colours[exact.kept]
+
+        def agree(q: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return colour_agrees(sig[q], sig[b], DedupConfig().pixel_colour)
+    pixel = pixel_duplicates(exact.kept, hashes[exact.kept], bits, keep="first", agree=agree)
     return pixel.kept, [exact, pixel]
 
 
@@ -560,10 +569,10 @@ def best_threshold(score: Callable[[float], float]) -> float:
 
 
 def stage_rows(model: str, x: np.ndarray, hashes: np.ndarray, digests: list[str], labels: Labels,
-               bits: int) -> list[StageRow]:
+               bits: int, colours: np.ndarray | None = None) -> list[StageRow]:
     """The stage at pixel_bits `bits`: pHash alone (the pixel step), or a model's near step after it
     at the threshold each rule chooses, and at its shipped default threshold."""
-    live, first = pixel_step(digests, hashes, bits)
+    live, first = pixel_step(digests, hashes, bits, colours)
     if model == "phash":
         return [_stage_row(model, bits, "pixel", None, Drops.of_steps(*first), labels)]
     xb = np.ascontiguousarray(x, np.float32)
@@ -772,6 +781,7 @@ def main() -> None:
     ap.add_argument("--failures", type=Path, default=None, help="a sheet of the first model's failures (PNG)")
     ap.add_argument("--pixel-bits", type=int, nargs="+", default=list(PIXEL_BITS),
                     help="pixel-step radii for the stage evaluation (pHash bits)")
+    ap.add_argument("--no-colour", action="store_true", help="the pixel step without its colour check")
     args = ap.parse_args()
     config = SetConfig(10, 10, 10) if args.small else SetConfig()
     folder = cache_dir() / "bench" / "dedup-quality" / config.name
@@ -799,8 +809,10 @@ def main() -> None:
     print(f"\nbelow the {BAR} bar ({len(below)}): " + ("; ".join(below) or "none"))
     hashes = vectors["phash"] if "phash" in vectors else embeddings("phash", paths, folder)[0]
     digests = file_digests(paths)
+    # the pixel step's colour check, as the stage runs it (DedupConfig.pixel_colour; --no-colour: without)
+    colours = None if args.no_colour else colour_signatures(paths, progress=True)
     stage = [row for bits in args.pixel_bits for model, x in vectors.items()
-             for row in stage_rows(model, x, hashes, digests, labels, bits)]
+             for row in stage_rows(model, x, hashes, digests, labels, bits, colours)]
     print_stage(stage)
     by_stage = stage_thresholds(stage)
     write_json(folder / "thresholds.json", {

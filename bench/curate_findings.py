@@ -8,9 +8,10 @@ after (the stages, the sweep, and decoding the candidate pairs). Each step resum
 folder is reused, and the corpora are embedded once per model (OUT/embeddings/MODEL/SOURCE).
 1. `all.parquet`: every fetched corpus' manifest in one (`image`, `caption`, `key`, `split`, `corpus`,
    `licence`, `category`, `subcategory`, `names`), sorted by corpus.
-2. `retr curate dedup all.parquet --model M` four ways: the measured threshold (`--threshold`) with the
-   default pixel step (perceptual hashes ≤ 8 bits apart), with `--pixel-bits 0`, with `--no-pixel`, and
-   at cosine STRICT with `--pixel-bits 0`. Counts per reason and the largest group; then, for a seeded
+2. `retr curate dedup all.parquet --model M` four ways: the model's shipped threshold (`--threshold`) with
+   the default pixel step (perceptual hashes ≤ 8 bits apart whose colour grids agree), with the hash
+   alone (`--pixel-colour 0`, the step before the colour check), with `--no-pixel`, and at cosine STRICT
+   with `--pixel-bits 0 --pixel-colour 0`. Counts per reason and the largest group; then, for a seeded
    sample of each run's drops per reason, how often the dropped item is the same picture as the item
    kept for it (pixel difference, `picture_difference`) or has its key (the same emoji, flag, icon).
 3. A threshold sweep of the k-NN graph (k 16) on the same vectors (edges, share joining one key, groups,
@@ -27,10 +28,10 @@ folder is reused, and the corpora are embedded once per model (OUT/embeddings/MO
 Prints (shape; numbers from a run):
     all corpora: 26844 items from 17 corpora -> OUT/all.parquet
     | run | kept | exact | pixel | near_dup | unreadable | largest group | dropped with the kept item's key |
-    | retr:sscd-student @ 0.66 --threshold 0.66 | 9248 | 129 | 6670 | 10794 | 3 | 13144 | 0.077 |
+    | retr:sscd-student @ 0.712 --threshold 0.712 --pixel | 12561 | 129 | 703 | 13448 | 3 | 9549 | 0.103 |
     | run | reason | drops | sampled | same picture | pixel difference < 0.02 | same key |
     | threshold | edges (k 16) | same key | same corpus | groups | items in groups | largest |
-    | corpus A | corpus B | shared keys | median cosine | ≥ 0.66 | ≥ 0.95 |
+    | corpus A | corpus B | shared keys | median cosine | ≥ 0.712 | ≥ 0.95 |
     groups: 1096 (2+ members, 2843 items); spanning 2+ corpora 100 ...
     leaks at cosine ≥ 0.95:
     | evaluation set | items | with a neighbour in train | identical bytes | same picture | both blank | ...
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import unicodedata
 from collections import Counter
 from pathlib import Path
@@ -52,6 +54,7 @@ import pyarrow.parquet as pq
 
 from indexing.cache import cache_dir
 from indexing.curation.dedup import connected_components, near_duplicate_pairs
+from indexing.curation.dedup_stage import DEFAULT_THRESHOLDS
 from indexing.curation.phash import hamming
 from indexing.curation.pool import CURATE_KEY, POOL_ID, VectorSource, read_embeddings
 from indexing.curation.stages import StageSpec, run_stage
@@ -155,15 +158,18 @@ def rows_by_id(meta: pa.Table) -> dict[int, int]:
 # ---- step 2: dedup over everything, four ways --------------------------------------------------------
 
 def dedup_runs(threshold: float) -> dict[str, dict]:
-    return {"dedup-all": {"threshold": threshold},
-            "dedup-all-pixel0": {"threshold": threshold, "pixel_bits": 0},
+    """The pixel step with its colour check (as `--pixel` runs it), with the hash alone (`--pixel-colour 0`,
+    as it ran before the check existed), without it, and the STRICT run the groups and leaks come from."""
+    return {"dedup-all-colour": {"threshold": threshold, "pixel": True},
+            "dedup-all-hash": {"threshold": threshold, "pixel": True, "pixel_colour": 0.0},
             "dedup-all-nopixel": {"threshold": threshold, "pixel": False},
-            "dedup-all-strict": {"threshold": STRICT, "pixel_bits": 0}}
+            "dedup-all-strict": {"threshold": STRICT, "pixel": True, "pixel_bits": 0, "pixel_colour": 0.0}}
 
 
 def cli_flags(params: dict) -> str:
-    flags = {"threshold": "--threshold {}", "pixel_bits": "--pixel-bits {}"}
+    flags = {"threshold": "--threshold {}", "pixel_bits": "--pixel-bits {}", "pixel_colour": "--pixel-colour {}"}
     out = [flags[k].format(v) for k, v in params.items() if k in flags]
+    out += [f"--{k}" for k, v in params.items() if v is True]
     out += [f"--no-{k}" for k, v in params.items() if v is False]
     return " ".join(out)
 
@@ -300,11 +306,24 @@ def group_summary(folder: Path, top: int) -> list[dict]:
 
 # ---- step 5: leaks from train into evaluation sets ------------------------------------------------------
 
+def current_splits(meta: pa.Table, corpora_root: Path | None = None) -> np.ndarray:
+    """Each embedded item's split in the corpus manifests as fetched now (after data_manifests/splits/
+    groups.json), not as it was when the pool was embedded."""
+    root = corpora_root or cache_dir() / "corpora"
+    split_of = {}
+    for path in sorted(root.glob("*/manifest.parquet")):
+        t = pq.read_table(path, columns=["image", "split"])
+        split_of.update(zip(t.column("image").to_pylist(), t.column("split").to_pylist(), strict=True))
+    return np.asarray([split_of.get(p, s) for p, s in zip(column(meta, "path"), column(meta, "split"), strict=True)],
+                      dtype=object)
+
+
 def leak_runs(out: Path, kept: Path, thresholds: tuple[float, ...]) -> dict[float, list[dict]]:
     """Per training corpus and threshold: its train split --against every evaluation item; the dedup steps
     inside the train split are off, so every train item is compared."""
     vectors, meta = pool_meta(kept)
-    corpus, split = column(meta, "corpus"), column(meta, "split")
+    corpus, split = column(meta, "corpus"), current_splits(meta)
+    shutil.rmtree(out / "leaks", ignore_errors=True)  # cheap to redo, and the splits may have moved
     evaluation = (np.isin(corpus, TRAINED) & (split == "test")) | np.isin(corpus, EVAL_ONLY)
     evals = write_subset(vectors, meta, evaluation, out / "leaks" / "eval.parquet")
     rows: dict[float, list[dict]] = {}
@@ -365,6 +384,33 @@ def leak_rows(folder: Path, meta: pa.Table, train_corpus: str) -> list[dict]:
                     "evidence": why, **{f"train_{n}": cols[n][a] for n in ("corpus", "key", "caption", "path")},
                     **{f"test_{n}": cols[n][b] for n in ("corpus", "key", "caption", "split", "path")}})
     return out
+
+
+def split_groups(leaks: dict[float, list[dict]]) -> dict:
+    """data_manifests/splits/groups.json from the leaks: keys that are one picture (identical bytes or the
+    same pixels) join one group, so they share a split; a training item alike to an evaluation-only
+    corpus' item at cosine >= STRICT (and not blank) is held out of training."""
+    groups, held = set(), {}
+    for rows in leaks.values():
+        for r in rows:
+            one_picture = r["evidence"].startswith(("identical bytes", "same picture"))
+            if r["test_corpus"] in EVAL_ONLY:
+                if one_picture or (r["similarity"] >= STRICT and not r["evidence"].startswith("both blank")):
+                    held.setdefault(r["train_corpus"], set()).add(r["train_key"])
+            elif one_picture:
+                groups.add(tuple(sorted((r["train_key"], r["test_key"]))))
+    return {"about": "Keys that are one picture share a split; held_out keys are never trained on. Written by "
+                     "`python bench/curate_findings.py --write-split-groups data_manifests/splits/groups.json` "
+                     "from the leaks `retr curate dedup --against` found (indexing/corpora/split_groups.py).",
+            "groups": [list(g) for g in sorted(groups)],
+            "held_out": {c: sorted(k) for c, k in sorted(held.items())}}
+
+
+def groups_json(data: dict) -> str:
+    """The groups file with one group per line, so a diff shows which keys moved."""
+    groups = ",\n".join(f"  {json.dumps(g)}" for g in data["groups"])
+    return (f'{{\n "about": {json.dumps(data["about"])},\n "groups": [\n{groups}\n ],\n'
+            f' "held_out": {json.dumps(data["held_out"])}\n}}\n')
 
 
 def leak_summary(rows: list[dict], meta: pa.Table, threshold: float, examples: int) -> None:
@@ -464,12 +510,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--model", default="retr:sscd-student")
-    ap.add_argument("--threshold", type=float, default=0.66, help="the model's measured near-duplicate threshold")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="near-duplicate cosine (default: the model's shipped one, dedup_stage.DEFAULT_THRESHOLDS)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--top", type=int, default=15, help="largest groups listed")
     ap.add_argument("--sheet", type=Path, default=None, help="write a contact sheet of groups here")
+    ap.add_argument("--write-split-groups", type=Path, default=None,
+                    help="write the split groups the leaks call for here (data_manifests/splits/groups.json)")
+    ap.add_argument("--leaks-only", action="store_true",
+                    help="only step 5, on the vectors of an earlier run, with the splits fetched now")
     args = ap.parse_args()
+    args.threshold = args.threshold or DEFAULT_THRESHOLDS[args.model]
     out = args.out or default_out()
+    if args.leaks_only:
+        strict = out / "dedup-all-strict"
+        _, meta = pool_meta(strict / "kept.parquet")
+        leaks = leak_runs(out, strict / "kept.parquet", (STRICT, args.threshold))
+        for t, rows in leaks.items():
+            leak_summary(rows, meta, t, examples=40 if t == STRICT else 0)
+        return
     manifest = build_manifest(out)
     folders = dedup_all(out, manifest, args.model, args.threshold, args.workers)
     drop_checks(folders)
@@ -481,6 +540,9 @@ def main() -> None:
     _, meta = pool_meta(strict / "kept.parquet")
     leaks = leak_runs(out, strict / "kept.parquet", (STRICT, args.threshold))
     (out / "leaks.json").write_text(json.dumps({str(t): r for t, r in leaks.items()}, indent=1))
+    if args.write_split_groups:
+        args.write_split_groups.parent.mkdir(parents=True, exist_ok=True)
+        args.write_split_groups.write_text(groups_json(split_groups(leaks)))
     for t, rows in leaks.items():
         leak_summary(rows, meta, t, examples=40 if t == STRICT else 0)
     if args.sheet:

@@ -174,3 +174,54 @@ def test_pixel_leaks_drop_pool_items_near_an_evaluation_hash():
     rows = sorted((r["id"], r["of_id"], round(r["similarity"], 4)) for r in result.dropped.to_pylist())
     assert rows == [(104, 502, round(1 - 3 / 64, 4)), (109, 500, 1.0)]
     assert set(result.dropped.column("reason").to_pylist()) == {"eval_leak"} and len(result.kept) == 18
+
+
+def _heart(path, colour, size=128, quality=None):
+    """A filled heart-ish shape (two discs and a triangle) on white: one drawing, any colour."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (size, size), "white")
+    d = ImageDraw.Draw(image)
+    s = size / 128
+    d.ellipse([20 * s, 20 * s, 68 * s, 68 * s], fill=colour)
+    d.ellipse([60 * s, 20 * s, 108 * s, 68 * s], fill=colour)
+    d.polygon([(22 * s, 52 * s), (106 * s, 52 * s), (64 * s, 110 * s)], fill=colour)
+    if quality:
+        image.save(path, quality=quality)
+    else:
+        image.save(path)
+    return str(path)
+
+
+def test_the_colour_check_tells_a_recoloured_drawing_from_a_copy(tmp_path):
+    """A grey-level hash puts a red and a blue heart of one drawing bits apart; the pixel step's colour
+    check keeps both, yet still drops a JPEG re-encode and a half-size copy of the red one."""
+    from indexing.curation.colour import colour_agrees, colour_signatures
+    from indexing.curation.dedup import pixel_duplicates
+    from indexing.curation.phash import phash_file
+
+    paths = [_heart(tmp_path / "red.png", (220, 20, 30)), _heart(tmp_path / "blue.png", (30, 60, 220)),
+             _heart(tmp_path / "red_q40.jpg", (220, 20, 30), quality=40),
+             _heart(tmp_path / "red_small.png", (220, 20, 30), size=64)]
+    hashes = np.array([phash_file(p) for p in paths], np.int64)
+    assert int(hamming(hashes[0], hashes[1])) <= 8  # the hash alone calls the two hearts one picture
+    ids = np.arange(len(paths))
+    bare = pixel_duplicates(ids, hashes, 8)
+    assert bare.kept.tolist() == [0]
+    sig = colour_signatures(paths)
+    checked = pixel_duplicates(ids, hashes, 8, agree=lambda q, b: colour_agrees(sig[q], sig[b], 0.1))
+    assert checked.kept.tolist() == [0, 1]
+    dropped = checked.dropped
+    assert sorted(zip(dropped.column("id").to_pylist(), dropped.column("of_id").to_pylist(), strict=True)) == [
+        (2, 0), (3, 0)]
+
+
+def test_an_unreadable_image_never_counts_as_agreeing_in_colour(tmp_path):
+    from indexing.curation.colour import colour_agrees, colour_signatures
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    red = _heart(tmp_path / "red.png", (220, 20, 30))
+    sig = colour_signatures([red, str(bad)])
+    assert np.isnan(sig[1]).all()
+    assert colour_agrees(sig[[0, 0]], sig[[0, 1]], 1.0).tolist() == [True, False]

@@ -67,7 +67,7 @@ def write_pool(root: Path) -> tuple[Path, Path]:
         if name in EDITED:
             w, h = image.size
             add(f"{name}_crop.png", image.crop((w // 20, h // 20, w - w // 20, h - h // 20)), f"{caption} (cropped)")
-            add(f"{name}_bright.png", ImageEnhance.Brightness(image).enhance(1.15), f"{caption} (brighter)")
+            add(f"{name}_bright.png", ImageEnhance.Brightness(image).enhance(1.08), f"{caption} (brighter)")
     shutil.copyfile(photos / "coffee_crop.png", photos / "coffee_crop_copy.png")
     rows.append({"image": "photos/coffee_crop_copy.png", "caption": "an espresso in a red cup (copy of the crop)"})
     (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")

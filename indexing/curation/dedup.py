@@ -15,7 +15,7 @@ duplicates and their similarity. kept + dropped = input, always.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import faiss
 import numpy as np
@@ -24,6 +24,8 @@ from indexing.curation.phash import hamming, phash_pairs, phash_similarity
 from indexing.curation.result import StageResult, dropped_table
 
 KEEP_POLICIES = ("first", "largest", "central")
+# A veto on candidate pairs: two arrays of row numbers in, one bool per pair out.
+PairCheck = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def _check_vectors(ids: np.ndarray, xb: np.ndarray) -> None:
@@ -242,15 +244,19 @@ def exact_duplicates(ids: np.ndarray, keys: Sequence[str], *, keep: str = "first
 
 
 def pixel_duplicates(ids: np.ndarray, hashes: np.ndarray, max_bits: int, *, keep: str = "first",
-                     pixels: np.ndarray | None = None) -> StageResult:
+                     pixels: np.ndarray | None = None, agree: PairCheck | None = None) -> StageResult:
     """One item kept per connected group of perceptual hashes at most `max_bits` apart (reason `pixel`,
     similarity 1 - bits/64). A re-encoded or resized copy moves a 64-bit DCT hash by a few bits; a crop,
-    a mirror or a rotation by many more, which the embedding step is for."""
+    a mirror or a rotation by many more, which the embedding step is for. `agree(q, b)`, given the row
+    numbers of the hash's pairs, keeps only the pairs it returns True for (the stage's colour check)."""
     ids = np.asarray(ids, np.int64)
     hashes = np.asarray(hashes, np.int64)
     if len(hashes) != len(ids):
         raise ValueError(f"expected one hash per id: {len(ids)} ids, {len(hashes)} hashes")
     q, b, _ = phash_pairs(hashes, max_bits)
+    if agree is not None and len(q):
+        ok = np.asarray(agree(q, b), bool)
+        q, b = q[ok], b[ok]
     labels = connected_components(len(ids), q, b)
     policy = "first" if keep == "central" else keep  # no vectors here to find a centre by
     winner = keep_one_per_group(labels, ids, policy, pixels=pixels)
@@ -261,15 +267,19 @@ def pixel_duplicates(ids: np.ndarray, hashes: np.ndarray, max_bits: int, *, keep
 
 
 def pixel_leaks(ids: np.ndarray, hashes: np.ndarray, eval_ids: np.ndarray, eval_hashes: np.ndarray,
-                max_bits: int) -> StageResult:
+                max_bits: int, *, agree: PairCheck | None = None) -> StageResult:
     """Drop pool items whose perceptual hash is at most `max_bits` from an evaluation item's (a re-encode,
-    a resize, a squashed copy of a benchmark image): reason `eval_leak`, of_id the closest evaluation id."""
+    a resize, a squashed copy of a benchmark image): reason `eval_leak`, of_id the closest evaluation id.
+    `agree(pool_rows, eval_rows)` vetoes pairs as in pixel_duplicates."""
     ids, eval_ids = np.asarray(ids, np.int64), np.asarray(eval_ids, np.int64)
     n = len(ids)
     q, b, d = phash_pairs(np.concatenate([np.asarray(hashes, np.int64), np.asarray(eval_hashes, np.int64)]),
                           max_bits)
     cross = (q < n) & (b >= n)  # q < b, and pool rows come first: one side in each set
     q, e, d = q[cross], b[cross] - n, d[cross]
+    if agree is not None and len(q):
+        ok = np.asarray(agree(q, e), bool)
+        q, e, d = q[ok], e[ok], d[ok]
     order = np.lexsort((d, q))  # per pool row, the closest evaluation item first
     q, e, d = q[order], e[order], d[order]
     first = np.r_[True, q[1:] != q[:-1]] if len(q) else np.zeros(0, bool)
