@@ -15,6 +15,22 @@ from app.console import fail, out_console, say
 from retrieval import search as search_mod
 from retrieval.rerank.rerank import MAX_RERANK
 
+RayFlag = Annotated[bool, typer.Option(
+    "--ray", help="Hold the index's shards on Ray actors (one per shard) and fan each search out to them; "
+    "without --ray-address it starts a local cluster (needs `pip install 'retr[distributed]'`; docs/scale.md).")]
+RayAddress = Annotated[str | None, typer.Option(
+    help="Ray cluster whose actors hold the shards (implies --ray): auto for `ray start --head` on this "
+    "machine, or ray://HOST:10001.")]
+
+
+def shard_opener(ray: bool, ray_address: str | None):
+    """The `shards=` opener --ray / --ray-address ask for; None: shards in this process."""
+    if not (ray or ray_address):
+        return None
+    from retrieval.distributed_search import RaySearchConfig, ray_shards
+
+    return ray_shards(RaySearchConfig(address=ray_address))
+
 
 @dataclass(frozen=True)
 class _QueryLine:
@@ -107,6 +123,8 @@ def search(
         min=0, max=MAX_RERANK)] = 0,
     reranker: Annotated[str | None, typer.Option(
         help="Reranker spec for --rerank: hf:DIR (a BLIP ITM checkpoint) or retr:itm.")] = None,
+    ray: RayFlag = False,
+    ray_address: RayAddress = None,
 ) -> None:
     """Search INDEX by text, image or indexed image id."""
     try:
@@ -119,8 +137,10 @@ def search(
             lines = [_QueryLine(1, query)]
         if rerank and reranker is None:
             raise ValueError("--rerank needs --reranker SPEC (hf:DIR holding a BLIP ITM checkpoint, or retr:itm)")
-        # reranking options reach the library only when given: a plain search is the call it always was
-        idx = search_mod.open_index(index, **({"reranker": reranker} if reranker else {}))
+        # reranking and Ray options reach the library only when given: a plain search is the call it always was
+        shards = shard_opener(ray, ray_address)
+        idx = search_mod.open_index(index, **({"reranker": reranker} if reranker else {}),
+                                    **({"shards": shards} if shards else {}))
         try:
             kw = {"k": k, "where": where, "target": target, **({"rerank": rerank} if rerank else {})}
             if rerank:

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from app.console import fail, say
+from app.search_cli import RayAddress, RayFlag, shard_opener
 
 
 def parse_index_args(indexes: list[str]) -> list[tuple[str, Path]]:
@@ -37,6 +38,8 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option(help="How long a query waits for others to batch with.")] = 4.0,
     reranker: Annotated[str | None, typer.Option(
         help="Reranker spec (hf:DIR, retr:itm) for requests with \"rerank\": K; without it they get a 400.")] = None,
+    ray: RayFlag = False,
+    ray_address: RayAddress = None,
 ) -> None:
     """Serve INDEXES over HTTP (FastAPI): /search, /items, /metrics, clip-back's /knn-service. Set
     RETR_API_TOKEN to require `Authorization: Bearer TOKEN`."""
@@ -51,7 +54,9 @@ def serve(
         raise fail(f"retr serve needs the api extra: pip install -e '.[api]' ({e})") from e
     try:
         config = ServiceConfig(batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms)
-        services = [IndexService(path, name=name, config=config) for name, path in parse_index_args(indexes)]
+        shards = shard_opener(ray, ray_address)
+        services = [IndexService(path, name=name, config=config, shards=shards)
+                    for name, path in parse_index_args(indexes)]
         for s in services:
             _ = s.index.encoder  # load the model now: the first query pays nothing
         settings = ApiSettings(token=os.environ.get("RETR_API_TOKEN") or None, cors_origins=tuple(cors_origin),
@@ -60,7 +65,8 @@ def serve(
     except (ValueError, FileNotFoundError) as e:
         raise fail(str(e)) from e
     say(("serving", "green"), f" {', '.join(s.name for s in services)} on http://{host}:{port} "
-        f"(docs: /docs{'; token required' if settings.token else ''}{f'; reranker {reranker}' if reranker else ''})")
+        f"(docs: /docs{'; token required' if settings.token else ''}{f'; reranker {reranker}' if reranker else ''}"
+        f"{'; shards on Ray actors' if shards else ''})")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

@@ -1,7 +1,8 @@
-"""The 1M-vector index `bench_serve.py` serves: synthetic vectors from bench_index's clustered
-generator, written as a real index folder through the library's own writers (embedding chunks, then
-the image collection chosen and tuned like a real build), with the real model's spec, so queries go
-through its text tower. Built once and cached; reused while its parameters match.
+"""The 1M-vector index `bench_serve.py` serves (and the sharded one `bench_ray_search.py` searches):
+synthetic vectors from bench_index's clustered generator, written as a real index folder through the
+library's own writers (embedding chunks, then the image collection chosen and tuned like a real build,
+split in shards of whole chunks), with the real model's spec, so queries go through its text tower.
+Built once and cached; reused while its parameters match.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class _Embedded:
     width: int | None = None
     height: int | None = None
     format: str | None = None
+    phash: int | None = None  # perceptual hash (pixel dedup): none without pixels
 
 
 class _SyntheticItems(Sequence):
@@ -55,20 +57,27 @@ class _SyntheticItems(Sequence):
         return self._item(path=f"synthetic/{i}.png", caption=f"item {i}")
 
 
-def synthetic_dir(n: int, spec: str, dim: int) -> Path:
+def synthetic_dir(n: int, spec: str, dim: int, shards: int = 1) -> Path:
     from indexing.cache import cache_dir
 
-    return cache_dir() / "bench" / f"serve-synthetic-{n}-{dim}-{spec.replace(':', '-')}"
+    split = f"-s{shards}" if shards > 1 else ""  # one shard keeps the name earlier runs cached it under
+    return cache_dir() / "bench" / f"serve-synthetic-{n}-{dim}-{spec.replace(':', '-')}{split}"
 
 
-def _reusable(folder: Path, n: int, encoder) -> bool:
+def _reusable(folder: Path, n: int, encoder, shards: int = 1) -> bool:
     from indexing.manifest import read_manifest
 
     if not (folder / "index.json").exists():
         return False
     m = read_manifest(folder)
     return (m.provenance.get("source") == SYNTHETIC_SOURCE and m.model == encoder.name and m.n_items == n
-            and m.dim == encoder.dim and m.model_weights == encoder.weights_id)
+            and m.dim == encoder.dim and m.model_weights == encoder.weights_id and len(m.image.shards) == shards)
+
+
+def _shard_rows(n: int, shards: int, chunk_size: int) -> list[np.ndarray]:
+    """Rows of each shard: runs of whole embedding chunks, as even as chunks allow, as a real build splits."""
+    runs = [c for c in np.array_split(np.arange(-(-n // chunk_size)), shards) if len(c)]
+    return [np.arange(c[0] * chunk_size, min(n, (c[-1] + 1) * chunk_size)) for c in runs]
 
 
 def _clear_ours(folder: Path) -> None:
@@ -114,15 +123,17 @@ def _write_vectors(folder: Path, n: int, encoder, seed: int) -> tuple[np.ndarray
     return xb, mix
 
 
-def build_synthetic(folder: Path, n: int, spec: str, seed: int = 0) -> float:
-    """Write a complete index folder of n synthetic vectors for model `spec`; returns seconds taken."""
+def build_synthetic(folder: Path, n: int, spec: str, seed: int = 0, shards: int = 1) -> float:
+    """Write a complete index folder of n synthetic vectors for model `spec` in `shards` shards; returns
+    seconds taken."""
     from indexing.atomic import write_parquet
     from indexing.build import IndexConfig, build_collection
+    from indexing.embed import EmbedConfig
     from indexing.manifest import IndexManifest, git_sha, write_manifest
     from indexing.metadata import SegmentRows, write_metadata
     from indexing.store import REJECT_SCHEMA, read_segment_captions, read_segment_meta
 
-    encoder, config = encoder_for(spec), IndexConfig()
+    encoder, config = encoder_for(spec), IndexConfig(shards=shards)
     _clear_ours(folder)
     t = [time.perf_counter()]
     xb, mix = _write_vectors(folder, n, encoder, seed)
@@ -133,7 +144,8 @@ def build_synthetic(folder: Path, n: int, spec: str, seed: int = 0) -> float:
     t.append(time.perf_counter())
     # Tuning queries: fresh draws from the mixture (a real build uses its caption vectors), not database rows.
     xq = mix.sample(config.n_queries, np.random.default_rng(seed + 2))
-    image = build_collection("image", folder, xb, np.arange(n, dtype=np.int64), [np.arange(n)], xq, config)
+    groups = _shard_rows(n, shards, EmbedConfig().chunk_size)
+    image = build_collection("image", folder, xb, np.arange(n, dtype=np.int64), groups, xq, config)
     t.append(time.perf_counter())
     del xb
     (folder / "build-xb.npy").unlink()
@@ -143,23 +155,23 @@ def build_synthetic(folder: Path, n: int, spec: str, seed: int = 0) -> float:
         segments=(SEGMENT,), n_items=n, next_id=n, next_caption_id=0, n_captions=0, n_rejected=0,
         provenance={"source": SYNTHETIC_SOURCE, "seed": seed, "git_sha": git_sha(),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "config": {"shards": 1, "max_memory_bytes": config.max_memory_bytes, "device": "cpu"}},
+                    "config": {"shards": shards, "max_memory_bytes": config.max_memory_bytes, "device": "cpu"}},
     ))
     t.append(time.perf_counter())
     phases = zip(("vectors + chunk files", "metadata", "index train/add/tune", "write"), t, t[1:], strict=False)
-    print(f"synthetic index: {n} x {encoder.dim} for {spec} built in {t[-1] - t[0]:.0f} s "
+    print(f"synthetic index: {n} x {encoder.dim} for {spec} in {len(groups)} shards built in {t[-1] - t[0]:.0f} s "
           f"({', '.join(f'{name} {b - a:.0f} s' for name, a, b in phases)}) -> {folder}", flush=True)
     return t[-1] - t[0]
 
 
-def synthetic_index(n: int, spec: str, cache: Path | None) -> Path:
-    """The cached synthetic index for (n, spec), built when absent or stale."""
+def synthetic_index(n: int, spec: str, cache: Path | None, shards: int = 1) -> Path:
+    """The cached synthetic index for (n, spec, shards), built when absent or stale."""
     encoder = encoder_for(spec)
-    folder = cache or synthetic_dir(n, spec, encoder.dim)
-    if _reusable(folder, n, encoder):
+    folder = cache or synthetic_dir(n, spec, encoder.dim, shards)
+    if _reusable(folder, n, encoder, shards):
         print(f"synthetic index: reusing {folder}", flush=True)
     else:
-        build_synthetic(folder, n, spec)
+        build_synthetic(folder, n, spec, shards=shards)
     return folder
 
 

@@ -15,7 +15,9 @@ reranker is given at open time, as a spec loaded on first use or as an object:
     idx = open_index("out/emoji", reranker="hf:/models/blip-itm-base-coco")
     hits = idx.search(text="a red heart", k=5, rerank=32)
 
-Shards are searched one by one and their top-k merged (ids are global). A `where` filter first
+Shards are searched one by one and their top-k merged (ids are global; retrieval.shards), in this
+process or, with `open_index(path, shards=ray_shards(...))`, on Ray actors that hold them
+(retrieval.distributed_search); the results are the same. A `where` filter first
 selects matching ids in DuckDB; small selections are searched exactly over their stored
 vectors, large ones through a faiss IDSelector, and any query that comes back short of
 min(k, matches) is redone exactly — a filter never returns fewer than k when k items match.
@@ -31,14 +33,13 @@ import faiss
 import numpy as np
 
 from indexing.decode import DecodeError, DecodeLimits, decode_image
-from indexing.faiss_build import read_index
-from indexing.manifest import IndexManifest, VectorIndexInfo, model_mismatch, read_manifest
+from indexing.manifest import IndexManifest, model_mismatch, read_manifest
 from indexing.metadata import MetadataStore
 from indexing.store import ChunkVectors, gather_vectors
-from indexing.tune import apply_search_param
 from retrieval.encoders.base import Encoder
 from retrieval.rerank.base import Reranker
 from retrieval.rerank.rerank import check_rerank_request, rerank_result, shortlist_size
+from retrieval.shards import LocalShards, ShardOpener, ShardSearcher, merge_topk  # noqa: F401 (merge_topk: API)
 
 EXACT_FILTER_CUTOFF = 50_000  # below this many matches, brute force over stored vectors is cheaper and exact
 MAX_ID = 2**63 - 1  # ids are int64
@@ -107,56 +108,21 @@ class SearchResult:
         return {"query": self.query.to_json(), "results": [h.to_json() for h in self.results]}
 
 
-class _Collection:
-    """The shards of one vector collection (image vectors or caption vectors)."""
-
-    def __init__(self, index_dir: Path, info: VectorIndexInfo, kind: str) -> None:
-        self.info, self.kind = info, kind
-        self.shards = [read_index(index_dir / s.file) for s in info.shards]
-        for s in self.shards:
-            apply_search_param(s, info.search_param, info.search_value)
-
-    def params(self, sel: faiss.IDSelector | None) -> faiss.SearchParameters | None:
-        if sel is None:
-            return None
-        if self.info.search_param == "nprobe":
-            p = faiss.SearchParametersIVF()
-            p.nprobe = int(self.info.search_value)
-        elif self.info.search_param == "efSearch":
-            p = faiss.SearchParametersHNSW()
-            p.efSearch = int(self.info.search_value)
-        else:
-            p = faiss.SearchParameters()
-        p.sel = sel
-        return p
-
-    def search(self, xq: np.ndarray, k: int, sel: faiss.IDSelector | None = None) -> tuple[np.ndarray, np.ndarray]:
-        params = self.params(sel)
-        results = [s.search(xq, k, params=params) for s in self.shards if s.ntotal]
-        return merge_topk(results, k)
-
-
-def merge_topk(results: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Merge per-shard (D, I) results (inner product: larger is better) into one top-k."""
-    D = np.concatenate([r[0] for r in results], axis=1)
-    I = np.concatenate([r[1] for r in results], axis=1)
-    D = np.where(I < 0, -np.inf, D)
-    order = np.argsort(-D, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(D, order, axis=1), np.take_along_axis(I, order, axis=1)
-
-
 class RetrievalIndex:
     def __init__(
         self, index_dir: Path, encoder_factory: Callable[[str], Encoder] | None = None,
-        reranker: str | Reranker | None = None,
+        reranker: str | Reranker | None = None, shards: ShardOpener | None = None,
     ) -> None:
         self.dir = Path(index_dir)
         self.manifest: IndexManifest = read_manifest(self.dir)
         self.meta = MetadataStore(self.dir / "metadata.duckdb", segments=self.manifest.segments)
         self._vectors = ChunkVectors(self.dir / "embeddings", self.manifest.segments)
-        self._collections = {"image": _Collection(self.dir, self.manifest.image, "image")}
-        if self.manifest.text is not None:
-            self._collections["text"] = _Collection(self.dir, self.manifest.text, "text")
+        self._collections: dict[str, ShardSearcher] = {}
+        try:
+            self._open_collections(shards or LocalShards)
+        except BaseException:
+            self.close()  # shards held elsewhere (Ray actors) must not outlive a failed open
+            raise
         self._encoder_factory = encoder_factory
         self._encoder: Encoder | None = None
         self._url: bool | None = None
@@ -190,7 +156,14 @@ class RetrievalIndex:
             self._reranker = load_reranker(self._reranker)
         return self._reranker
 
+    def _open_collections(self, open_shards: ShardOpener) -> None:
+        self._collections["image"] = open_shards(self.dir, self.manifest.image, "image")
+        if self.manifest.text is not None:
+            self._collections["text"] = open_shards(self.dir, self.manifest.text, "text")
+
     def close(self) -> None:
+        for coll in self._collections.values():
+            coll.close()
         self.meta.close()
 
     def search(
@@ -306,7 +279,7 @@ class RetrievalIndex:
             allowed = self.meta.caption_ids(allowed)
         if len(allowed) <= EXACT_FILTER_CUTOFF:
             return self._exact(xq, k, allowed, coll.kind)
-        D, I = coll.search(xq, k, faiss.IDSelectorBatch(allowed))
+        D, I = coll.search(xq, k, allowed)
         short = np.flatnonzero((I >= 0).sum(axis=1) < min(k, len(allowed)))
         if len(short):
             D[short], I[short] = self._exact(xq[short], k, allowed, coll.kind)
@@ -356,8 +329,9 @@ def decode_query_image(data: bytes, name: str, limits: DecodeLimits = DecodeLimi
 
 def open_index(
     path: str | Path, encoder_factory: Callable[[str], Encoder] | None = None, *,
-    reranker: str | Reranker | None = None,
+    reranker: str | Reranker | None = None, shards: ShardOpener | None = None,
 ) -> RetrievalIndex:
     """Open an index folder written by `retr index build`; `reranker` (a spec such as `hf:DIR`, or a
-    loaded Reranker) is what `search(..., rerank=K)` uses."""
-    return RetrievalIndex(Path(path), encoder_factory, reranker)
+    loaded Reranker) is what `search(..., rerank=K)` uses. `shards` opens each collection's shards:
+    in this process by default, on Ray actors with `retrieval.distributed_search.ray_shards(...)`."""
+    return RetrievalIndex(Path(path), encoder_factory, reranker, shards)

@@ -1,6 +1,7 @@
 """A long-lived search service over one index folder: hot reload and micro-batching.
 
-What a server (the HTTP API, the UI, a Ray actor) needs beyond `RetrievalIndex`:
+What a server (the HTTP API, the UI, a Ray actor) needs beyond `RetrievalIndex`. Its shards are held
+where `shards` says (retrieval.shards; on Ray actors with retrieval.distributed_search.ray_shards):
 
 - **Hot reload.** `index.json` is the commit point of every build and add, so the service compares
   its signature (inode, size, mtime) and, when it changed, opens the new index next to the old one,
@@ -30,6 +31,7 @@ import numpy as np
 from indexing.manifest import MANIFEST_NAME
 from retrieval.encoders.base import Encoder
 from retrieval.search import Query, RetrievalIndex, SearchResult, open_index
+from retrieval.shards import ShardOpener
 
 
 @dataclass(frozen=True)
@@ -77,11 +79,13 @@ class IndexService:
         name: str | None = None,
         encoder_factory: Callable[[str], Encoder] | None = None,
         config: ServiceConfig = ServiceConfig(),
+        shards: ShardOpener | None = None,
     ) -> None:
         self.dir = Path(index_dir)
         self.name = name or self.dir.name
         self.config = config
         self._factory = encoder_factory
+        self._shards = shards  # where each opened index holds its shards (None: in this process)
         self._encoders: dict[str, Encoder] = {}
         self._lock = threading.Lock()
         sig = _signature(self.dir)
@@ -103,7 +107,7 @@ class IndexService:
         return self._encoders[spec]
 
     def _open(self) -> RetrievalIndex:
-        return open_index(self.dir, encoder_factory=self._encoder_for)
+        return open_index(self.dir, encoder_factory=self._encoder_for, shards=self._shards)
 
     @property
     def index(self) -> RetrievalIndex:

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+from retrieval.distributed_search import ShardUnavailableError
 from retrieval.search import QueryImageError, UnknownIdError
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
@@ -60,3 +61,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ValueError)
     async def _library(request: Request, exc: ValueError) -> JSONResponse:
         return error_response(library_status(exc), str(exc))
+
+    @app.exception_handler(ShardUnavailableError)  # `retr serve --ray`: a shard actor Ray could not restart
+    async def _shard_down(request: Request, exc: ShardUnavailableError) -> JSONResponse:
+        return error_response(503, str(exc))

@@ -195,6 +195,19 @@ def _run_pool(
     return n_ok, n_rejected
 
 
+def init_ray(address: str | None, num_cpus: int | None = None) -> tuple[Any, bool]:
+    """Connect to the cluster at `address` (None: start a local one of `num_cpus` CPUs) unless this process
+    already did; returns the `ray` module and whether this call connected."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray, False
+    kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False}
+    if address is None and num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    ray.init(**kwargs)
+    return ray, True
+
+
 class _ray_session:  # noqa: N801 (a context manager used like a function)
     """Connect to (or start) the cluster unless this process already did; shut down only what we started."""
 
@@ -202,14 +215,7 @@ class _ray_session:  # noqa: N801 (a context manager used like a function)
         self.rc, self.started = rc, False
 
     def __enter__(self) -> Any:
-        ray = import_ray()
-        if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"address": self.rc.address, "include_dashboard": False,
-                                      "log_to_driver": False}
-            if self.rc.address is None and self.rc.num_cpus is not None:
-                kwargs["num_cpus"] = self.rc.num_cpus
-            ray.init(**kwargs)
-            self.started = True
+        ray, self.started = init_ray(self.rc.address, self.rc.num_cpus)
         return ray
 
     def __exit__(self, *exc: object) -> None:
