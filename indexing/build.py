@@ -4,6 +4,7 @@ OUT/index.json                 manifest (written last: the commit point)
 OUT/embeddings/seg-000/        embedding job of the build (seg-001… for each `index add`)
 OUT/shards/image-trained.faiss empty trained index every image shard is cloned from
 OUT/shards/image-000.faiss …   image vectors, global ids
+OUT/shards/image-000.ivfdata   its inverted lists, for kind ivf_pq_ondisk (indexing.ondisk)
 OUT/shards/text-…              the same for caption vectors (image→text search)
 OUT/metadata.duckdb            item metadata for results and --where filters
 OUT/rejects.parquet            every item that could not be read or decoded, with its reason
@@ -26,9 +27,9 @@ import numpy as np
 import pyarrow as pa
 
 from indexing.atomic import write_parquet
-from indexing.choose import choose_index
+from indexing.choose import KINDS, IndexPlan, choose_index
 from indexing.embed import EmbedConfig, EmbedSummary, embed_items
-from indexing.faiss_build import add_to_clone, read_index, train_empty, write_index_atomic
+from indexing.faiss_build import add_to_clone, lists_path, read_index, train_empty, write_index_atomic
 from indexing.lock import writer_lock
 from indexing.manifest import (
     IndexManifest,
@@ -42,6 +43,7 @@ from indexing.manifest import (
     write_manifest,
 )
 from indexing.metadata import MetadataStore, SegmentRows, append_metadata, write_metadata
+from indexing.ondisk import build_ondisk
 from indexing.sources import Item
 from indexing.store import (
     read_job,
@@ -69,12 +71,17 @@ class IndexConfig:
     device: str = "cpu"  # "cuda" trains/adds on faiss GPU; shards are always saved as CPU indexes
     seed: int = 0
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    # build this kind (one of choose.KINDS, e.g. "ivf_pq_ondisk") if it fits the budget, rather
+    # than choose_index's first; None: the first
+    index_kind: str | None = None
 
     def __post_init__(self) -> None:
         if self.shards < 1:
             raise ValueError("--shards must be >= 1")
         if not 0.0 < self.target_recall <= 1.0:
             raise ValueError("--target-recall must be in (0, 1]")
+        if self.index_kind is not None and self.index_kind not in KINDS:
+            raise ValueError(f"index kind must be one of {', '.join(KINDS)}; got {self.index_kind!r}")
 
 
 @dataclass(frozen=True)
@@ -120,8 +127,10 @@ def _tune_shards(
     """
     big = int(np.argmax([len(g) for g in groups]))
     kk = min(k, len(groups[big]))
-    _, gt_local = exact_knn(np.ascontiguousarray(xb[groups[big]]), xq, kk)
-    tuned = tune_search_params(shards[big], xq, ids[groups[big]][gt_local], kk, target)
+    # One shard is the whole collection, whose exact top-k is known; else the biggest shard's,
+    # computed blockwise over its rows (it is never copied whole).
+    gt_big = gt_ids if len(groups) == 1 else ids[groups[big]][exact_knn(xb, xq, kk, rows=groups[big])[1]]
+    tuned = tune_search_params(shards[big], xq, gt_big, kk, target)
     param, value = tuned.param, tuned.value
     for s in shards:
         apply_search_param(s, param, value)
@@ -147,9 +156,11 @@ def build_collection(
     xq: np.ndarray,
     config: IndexConfig,
 ) -> VectorIndexInfo:
-    """Train one empty index on a sample, clone it per shard, tune its search parameter."""
+    """Train one empty index on a sample, clone it per shard, tune its search parameter.
+
+    xb may be memory-mapped: an on-disk plan reads it block by block (indexing.ondisk)."""
     n, dim = xb.shape
-    plan = choose_index(n, dim, config.max_memory_bytes)[0]
+    plan = _choose_plan(n, dim, config)
     # train_empty samples plan.train_size rows itself; untrained kinds only need a few rows for dim.
     train = xb if plan.train_size else xb[: min(n, 1000)]
     trained = train_empty(plan, train, device=config.device, seed=config.seed)
@@ -158,11 +169,10 @@ def build_collection(
     write_index_atomic(trained, index_dir / trained_file)
     shards, infos = [], []
     for i, rows in enumerate(groups):
-        shard = add_to_clone(trained, np.ascontiguousarray(xb[rows]), ids[rows], device=config.device)
-        path = shard_dir / f"{name}-{i:03d}.faiss"
-        write_index_atomic(shard, path)
+        shard, info = _write_shard(plan.kind, trained, xb, rows, ids[rows], shard_dir / f"{name}-{i:03d}.faiss",
+                                   config.device)
         shards.append(shard)
-        infos.append(ShardInfo(file=f"shards/{path.name}", n=int(len(rows)), sha256=file_sha256(path)))
+        infos.append(info)
     k = min(config.recall_k, n)
     _, gt = exact_knn(xb, xq, k)
     gt_ids = ids[gt]
@@ -179,6 +189,35 @@ def build_collection(
         n_queries=int(len(xq)),
         shards=tuple(infos),
     )
+
+
+def _choose_plan(n: int, dim: int, config: IndexConfig) -> IndexPlan:
+    plans = choose_index(n, dim, config.max_memory_bytes)
+    if config.index_kind is None:
+        return plans[0]
+    for plan in plans:
+        if plan.kind == config.index_kind:
+            return plan
+    raise ValueError(f"an index of kind {config.index_kind!r} for {n} x {dim} vectors does not fit "
+                     f"--max-memory {config.max_memory_bytes / 2**20:.1f} MiB; kinds that fit: "
+                     f"{', '.join(dict.fromkeys(p.kind for p in plans))}")
+
+
+def _write_shard(
+    kind: str, trained: faiss.Index, xb: np.ndarray, rows: np.ndarray | None, ids: np.ndarray, path: Path, device: str
+) -> tuple[faiss.Index, ShardInfo]:
+    """xb[rows] (all of xb when rows is None) under `ids` in a clone of `trained`, written to `path`:
+    (the shard, its ShardInfo). Kind ivf_pq_ondisk writes the lists next to it, block by block;
+    the others add in RAM."""
+    if kind == "ivf_pq_ondisk":
+        shard = build_ondisk(trained, xb, ids, path, rows=rows)
+        lists = lists_path(path)
+        lists_info = {"lists": f"shards/{lists.name}", "lists_sha256": file_sha256(lists)}
+    else:
+        shard = add_to_clone(trained, np.ascontiguousarray(xb if rows is None else xb[rows]), ids, device=device)
+        write_index_atomic(shard, path)
+        lists_info = {}
+    return shard, ShardInfo(file=f"shards/{path.name}", n=int(len(ids)), sha256=file_sha256(path), **lists_info)
 
 
 def _shard_groups(chunks: np.ndarray, n_shards: int) -> list[np.ndarray]:
@@ -305,10 +344,9 @@ def _add_shard(
     index_dir: Path, info: VectorIndexInfo, name: str, xb: np.ndarray, ids: np.ndarray, device: str
 ) -> VectorIndexInfo:
     trained = read_index(index_dir / info.trained)
-    shard = add_to_clone(trained, np.ascontiguousarray(xb), ids, device=device)
     path = index_dir / "shards" / f"{name}-{len(info.shards):03d}.faiss"
-    write_index_atomic(shard, path)
-    return with_shards(info, (ShardInfo(file=f"shards/{path.name}", n=int(len(ids)), sha256=file_sha256(path)),))
+    _, shard = _write_shard(info.kind, trained, xb, None, ids, path, device)
+    return with_shards(info, (shard,))
 
 
 def add_to_index(

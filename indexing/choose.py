@@ -20,6 +20,14 @@ So: exact `Flat` below 100k vectors; above, IVF with 4-bit fast-scan codes re-ra
 (it keeps the raw vectors, so needs about as much memory as Flat); as the budget shrinks, IVF-SQ8
 (1 byte per dim), then OPQ + IVF-PQ (8-bit codes) when not even that fits. HNSW and IVF-Flat stay
 in the list as alternatives: slower here, and HNSW builds an order of magnitude slower.
+
+Past RAM: when not even the smallest in-RAM codes fit, OPQ + IVF-PQ with its inverted lists in a
+file next to the shard (kind "ivf_pq_ondisk", indexing/ondisk.py; faiss OnDiskInvertedLists, the
+way LAION-5B's index was built). Its codes and ids cost disk, not RAM: RAM is the quantizer, a few
+words per list, the build's largest working set (the training sample, or one block of vectors
+being added) and the pages of the lists a search is scanning (`estimate_ondisk`). It is always in
+the ranked list, last: with the same codes in RAM, search never waits for a page. Only when it too
+misses the budget does `choose_index` raise.
 """
 
 from __future__ import annotations
@@ -62,11 +70,36 @@ ID_BYTES = 8  # int64 id per vector in inverted lists / IDMap
 IDMAP2_REVERSE_BYTES = 40  # IndexIDMap2's id -> position hash map entry (std::unordered_map node)
 HNSW_NODE_OVERHEAD_BYTES = 12  # int32 level + size_t offset per node
 FASTSCAN_BLOCK = 32  # fast-scan lists hold codes in blocks of 32 (half a block wasted per list)
+FLOAT_BYTES = 4
+# --- on-disk IVF-PQ (estimate_ondisk) ---
+# Vectors added per block file. A block is copied out of the (memory-mapped) input, rotated by OPQ
+# into a second copy, and coded: 100k x 512-d is ~0.4 GB of working set, small next to a 4 GB
+# budget, while 10M vectors still make only 100 block files to merge.
+ONDISK_BLOCK_ROWS = 100_000
+BLOCK_COPIES = 2  # the block read from the input + its OPQ-rotated copy (IndexPreTransform.add)
+FAISS_ADD_BATCH = 65_536  # IndexIVF adds in sub-batches; residuals of one are float32 (rows x dim)
+# Training: the sample read from the input + its rotated copy that k-means runs on
+# (IndexPreTransform.train); OPQ itself trains on at most OPQ_TRAIN_ROWS rows (faiss'
+# OPQMatrix.max_train_points) and keeps ~3 float32 copies of them (input, projection, reconstruction).
+TRAIN_COPIES = 2
+OPQ_TRAIN_ROWS = 256 * 256
+OPQ_TRAIN_COPIES = 3
+ONDISK_LIST_BYTES = 24  # OnDiskInvertedLists keeps (size, capacity, offset) per list in RAM
+# Measured build peaks (private RSS above the process' own) ran 10-14% over the largest working set
+# named above (faiss temporaries, allocator arenas): 581 vs 528 MiB adding at 200k x 512, 735 vs
+# 644 MiB training at 1M x 512 (bench/bench_ondisk.py). The estimate is a budget, so it keeps that.
+ONDISK_WORKING_SET_SLACK = 1.15
+# Pages of the lists a search needs mapped at once: each query scans nprobe lists one at a time
+# (tuned: 3 at 200k and 11 at 1M x 512 for recall@10 0.6, near where 8-bit OPQ64 codes plateau;
+# 32 leaves room) and faiss runs one query per thread: 32 x 8 threads. Lists read earlier stay in
+# the page cache while RAM is free, but the kernel may drop them.
+ONDISK_HOT_LISTS = 32 * 8
 
-KINDS = ("flat", "ivf_pq_refine", "ivf_sq8", "hnsw", "ivf_flat", "ivf_pq")
-# Preference order per regime: measured QPS at equal recall (table above), exact first when small.
-_ORDER_SMALL = ("flat", "ivf_pq_refine", "hnsw", "ivf_flat", "ivf_sq8", "ivf_pq")
-_ORDER_LARGE = ("ivf_pq_refine", "ivf_sq8", "hnsw", "ivf_flat", "ivf_pq", "flat")
+KINDS = ("flat", "ivf_pq_refine", "ivf_sq8", "hnsw", "ivf_flat", "ivf_pq", "ivf_pq_ondisk")
+# Preference order per regime: measured QPS at equal recall (table above), exact first when small;
+# on disk last in both, as the index of last resort (module docstring).
+_ORDER_SMALL = ("flat", "ivf_pq_refine", "hnsw", "ivf_flat", "ivf_sq8", "ivf_pq", "ivf_pq_ondisk")
+_ORDER_LARGE = ("ivf_pq_refine", "ivf_sq8", "hnsw", "ivf_flat", "ivf_pq", "flat", "ivf_pq_ondisk")
 
 
 @dataclass(frozen=True)
@@ -79,6 +112,7 @@ class IndexPlan:
     reason: str
     # search-time parameters set once at build (tune.apply_search_param), e.g. ("k_factor", 16)
     fixed_params: tuple[tuple[str, int], ...] = ()
+    est_disk_bytes: int = 0  # on-disk kinds: the inverted lists file; 0 for in-RAM kinds
 
 
 # --- memory --------------------------------------------------------------------------------------
@@ -170,6 +204,45 @@ def estimate_memory(factory: str, n: int, dim: int) -> int:
     return int(total + per_vector * n)
 
 
+@dataclass(frozen=True)
+class OndiskSize:
+    """Estimated footprint of an on-disk IVF index (see estimate_ondisk)."""
+
+    ram_bytes: int  # peak resident memory, build or search, whichever is larger
+    disk_bytes: int  # the inverted lists file: codes + ids of every vector
+
+
+def estimate_ondisk(factory: str, n: int, dim: int, train_size: int, block_rows: int = ONDISK_BLOCK_ROWS) -> OndiskSize:
+    """RAM and disk of an IVF `factory` whose lists live on disk, built in blocks of `block_rows`.
+
+    RAM = what stays resident (OPQ matrix, centroids, codebooks; a (size, capacity, offset) record
+    per list) + the largest working set of the three phases, which never overlap:
+      training  the sample and its rotated copy, plus OPQ's own copies of its subsample;
+      adding    one block, its rotated copy, one faiss add sub-batch of residuals, its codes + ids;
+      search    the pages of ONDISK_HOT_LISTS average lists;
+    that working set with ONDISK_WORKING_SET_SLACK, as measured. Unlike the in-RAM estimates this
+    one counts the build: bounding it is the point of the kind.
+    """
+    if n < 0 or dim <= 0 or block_rows <= 0:
+        raise ValueError(f"need n >= 0, dim > 0 and block_rows > 0, got n={n}, dim={dim}, block_rows={block_rows}")
+    m = re.search(r"IVF(\d+)", factory)
+    if m is None:
+        raise ValueError(f"on-disk lists need an IVF index, got {factory!r}")
+    nlist = int(m.group(1))
+    fixed = estimate_memory(factory, 0, dim)
+    per_vector = estimate_memory(factory, 1, dim) - fixed  # code bytes + int64 id: what goes to disk
+    row = FLOAT_BYTES * dim
+    train = TRAIN_COPIES * min(train_size, n) * row
+    if factory.startswith("OPQ"):
+        train += OPQ_TRAIN_COPIES * min(OPQ_TRAIN_ROWS, train_size, n) * row
+    block = min(block_rows, n)
+    add = BLOCK_COPIES * block * row + min(FAISS_ADD_BATCH, block) * row + block * per_vector
+    disk = n * per_vector
+    search = min(disk, ONDISK_HOT_LISTS * math.ceil(n / nlist) * per_vector)
+    working_set = ONDISK_WORKING_SET_SLACK * max(train, add, search)
+    return OndiskSize(int(fixed + nlist * ONDISK_LIST_BYTES + working_set), int(disk))
+
+
 # --- choosing ------------------------------------------------------------------------------------
 
 
@@ -231,13 +304,41 @@ def _candidates(n: int, dim: int, budget: int) -> list[IndexPlan]:
             reason = f"OPQ rotation + {m}-byte PQ codes in {nl} lists: smallest footprint, capped recall"
             out.append(plan(factory, "ivf_pq", _ivf_train_size(n, nl, PQ8_MIN_TRAIN), "nprobe", reason))
             break
+    if pq_ms:
+        out.append(_ondisk_plan(n, dim, budget, pq_ms[0], nl))
     return out
+
+
+def _ondisk_plan(n: int, dim: int, budget: int, m: int, nlist: int) -> IndexPlan:
+    """OPQ + IVF-PQ with lists on disk. M is the largest (most accurate): codes cost disk, not RAM.
+
+    nlist starts at the in-RAM rule (~sqrt(n)) and is halved while the estimate misses the budget:
+    the training sample (64 points per list) dominates RAM at large n, and fewer lists need fewer
+    points. Halving stops when it no longer lowers the estimate (lists grow so long that the pages
+    a search scans dominate); the smallest plan is then returned, for the "nothing fits" error.
+    """
+    tried: list[IndexPlan] = []
+    while True:
+        factory = f"OPQ{m}_{dim},IVF{nlist},PQ{m}np"
+        train = _ivf_train_size(n, nlist, PQ8_MIN_TRAIN)
+        size = estimate_ondisk(factory, n, dim, train)
+        reason = (f"OPQ rotation + {m}-byte PQ codes in {nlist} lists kept in a "
+                  f"~{_human(size.disk_bytes)} file: search reads only the lists it probes")
+        plan = IndexPlan(factory, "ivf_pq_ondisk", size.ram_bytes, train, "nprobe", reason, (), size.disk_bytes)
+        if plan.est_memory_bytes <= budget:
+            return plan
+        if nlist == 1 or (tried and plan.est_memory_bytes >= tried[-1].est_memory_bytes):
+            return min([*tried, plan], key=lambda p: p.est_memory_bytes)
+        tried.append(plan)
+        nlist //= 2
 
 
 def choose_index(n: int, dim: int, max_memory_bytes: int) -> list[IndexPlan]:
     """Index plans that fit `max_memory_bytes` for n unit vectors of `dim`, best first.
 
-    Raises ValueError when nothing fits, naming the smallest estimate.
+    In-RAM kinds come first in measured order; the on-disk IVF-PQ ("ivf_pq_ondisk") is listed last
+    whenever it fits, so it is the one chosen exactly when no in-RAM index fits the budget.
+    Raises ValueError when nothing fits, not even on disk, naming the smallest estimate.
     """
     if n <= 0 or dim <= 0:
         raise ValueError(f"need n > 0 and dim > 0, got n={n}, dim={dim}")
@@ -247,9 +348,10 @@ def choose_index(n: int, dim: int, max_memory_bytes: int) -> list[IndexPlan]:
     fitting = [p for p in candidates if p.est_memory_bytes <= max_memory_bytes]
     if not fitting:
         smallest = min(candidates, key=lambda p: p.est_memory_bytes)
+        where = " with its lists on disk" if smallest.est_disk_bytes else ""
         raise ValueError(
             f"no index for {n} x {dim} vectors fits {_human(max_memory_bytes)}: the smallest, "
-            f"{smallest.factory!r}, needs about {_human(smallest.est_memory_bytes)}"
+            f"{smallest.factory!r}{where}, needs about {_human(smallest.est_memory_bytes)} of RAM"
         )
     order = _ORDER_SMALL if n < FLAT_MAX_N else _ORDER_LARGE
     # stable sort: within a kind the generation order holds (HNSW32 before HNSW16)

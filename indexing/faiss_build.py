@@ -9,6 +9,9 @@ are not comparable (and IVF shards could not be merged). So building is two step
 `train_and_add` does both for a single index. Ids are the corpus' global int64 ids: IVF indexes
 store them in their inverted lists; the others are wrapped in IndexIDMap2 by their factory string
 (`choose.py` writes "IDMap2,..."), which also lets `reconstruct(id)` work.
+
+An IVF shard X.faiss may keep its inverted lists in X.ivfdata next to it (kind "ivf_pq_ondisk",
+built by `indexing.ondisk`); `read_index` maps that file whenever it is there.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 from indexing.atomic import atomic_path
 from indexing.choose import IndexPlan
+from indexing.row_blocks import block_bounds, is_mapped, read_rows
 from indexing.tune import apply_search_param
 
 METRIC = faiss.METRIC_INNER_PRODUCT  # every retr index: inner product on unit rows (cosine)
@@ -29,12 +33,19 @@ METRIC = faiss.METRIC_INNER_PRODUCT  # every retr index: inner product on unit r
 # 38 s -> 0.687, no OPQ 5 s -> 0.531.
 OPQ_NITER = 25
 UNIT_CHECK_ROWS = 1000  # rows whose norm is checked before training / adding
+SAMPLE_BLOCK_ROWS = 4096  # sampled rows read at a time from a memory-mapped input (_training_sample)
+LISTS_SUFFIX = ".ivfdata"  # X.faiss keeps its on-disk inverted lists in X.ivfdata (faiss' own suffix)
+# Threads OnDiskInvertedLists starts on every search to fault the probed lists in in parallel (faiss'
+# default: 32). Starting them costs more than the reads they overlap: one query at a time, 200k x 512
+# OPQ64 lists on 2 cores, 0 threads ran 3.2k QPS at nprobe 3 and 0.9k at nprobe 64, 32 threads
+# 1.2k and 0.3k, with the lists file in the page cache or evicted from it alike (bench_ondisk.py).
+ONDISK_PREFETCH_THREADS = 0
 
 
 def train_empty(plan: IndexPlan, train_xb: np.ndarray, *, device: str = "cpu", seed: int = 0) -> faiss.Index:
     """An empty index of `plan`, trained on a seeded sample of plan.train_size rows of train_xb."""
     _check_device(device)
-    train_xb = _as_unit_rows(train_xb, "train_xb")
+    train_xb = as_unit_rows(train_xb, "train_xb")
     index = faiss.index_factory(train_xb.shape[1], plan.factory, METRIC)
     for name, value in plan.fixed_params:
         apply_search_param(index, name, value)
@@ -61,7 +72,7 @@ def add_to_clone(trained: faiss.Index, xb: np.ndarray, ids: np.ndarray, *, devic
     _check_device(device)
     if not trained.is_trained:
         raise ValueError("add_to_clone needs a trained index (see train_empty)")
-    xb = _as_unit_rows(xb, "xb")
+    xb = as_unit_rows(xb, "xb")
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     if ids.shape != (len(xb),):
         raise ValueError(f"ids must have shape ({len(xb)},), got {ids.shape}")
@@ -97,20 +108,60 @@ def write_index_atomic(index: faiss.Index, path: str | os.PathLike) -> None:
 
 
 def read_index(path: str | os.PathLike, mmap: bool = False) -> faiss.Index:
-    """Read an index; mmap=True maps IVF lists / flat codes from disk instead of loading them."""
-    if not Path(path).is_file():
+    """Read an index; mmap=True maps IVF lists / flat codes from disk instead of loading them.
+
+    An index with on-disk lists (`lists_path(path)` exists) always maps them, read-only."""
+    path = Path(path)
+    if not path.is_file():
         raise ValueError(f"no index file at {path}")
+    if lists_path(path).is_file():
+        return _read_with_ondisk_lists(path, lists_path(path))
     return faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
+
+
+def lists_path(index_path: str | os.PathLike) -> Path:
+    """Where the on-disk inverted lists of the index at `index_path` live: next to it."""
+    return Path(index_path).with_suffix(LISTS_SUFFIX)
 
 
 # --- helpers -------------------------------------------------------------------------------------
 
 
+def _read_with_ondisk_lists(path: Path, lists: Path) -> faiss.Index:
+    # The index file names its lists file, as it was called at build time. We read the lists'
+    # table without mapping that name (IO_FLAG_SKIP_IVF_DATA), then map the file next to *this*
+    # index, so a moved or copied folder opens its own lists. faiss' IO_FLAG_ONDISK_SAME_DIR does
+    # the same but printf()s a line to stdout on every read, which would corrupt `--json` output.
+    try:
+        index = faiss.read_index(str(path), faiss.IO_FLAG_SKIP_IVF_DATA | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError as e:
+        raise ValueError(f"{lists} sits next to {path}, but that index does not keep its lists on disk: {e}") from e
+    ivf = faiss.try_extract_index_ivf(index)
+    invlists = faiss.downcast_InvertedLists(ivf.invlists) if ivf is not None else None
+    if not isinstance(invlists, faiss.OnDiskInvertedLists):
+        raise ValueError(f"{lists} sits next to {path}, but that index does not keep its lists on disk")
+    if lists.stat().st_size != invlists.totsize:
+        raise ValueError(f"{lists} holds {lists.stat().st_size} bytes, but {path} expects {invlists.totsize}: "
+                         "the lists file is truncated or from another build")
+    invlists.filename = str(lists)
+    invlists.do_mmap()  # read-only shared mapping: pages are read on demand and stay page cache
+    invlists.prefetch_nthread = ONDISK_PREFETCH_THREADS
+    return index
+
+
 def _training_sample(xb: np.ndarray, size: int, seed: int) -> np.ndarray:
     if size <= 0 or size >= len(xb):
         return xb
-    rows = np.random.default_rng(seed).choice(len(xb), size, replace=False)
-    return xb[np.sort(rows)]  # sorted rows: sequential reads when xb is memory-mapped
+    rows = np.sort(np.random.default_rng(seed).choice(len(xb), size, replace=False))  # sequential reads
+    if not is_mapped(xb):
+        return xb[rows]
+    # Sampled rows are spread over the whole file, and the kernel maps the pages around each one it
+    # faults in: a single xb[rows] left all of a 2 GB input mapped (and counted in RSS) at 1M x 512.
+    # Read a block of sampled rows at a time instead, releasing the pages behind each block.
+    sample = np.empty((size, xb.shape[1]), np.float32)
+    for lo, hi in block_bounds(size, SAMPLE_BLOCK_ROWS):
+        sample[lo:hi] = read_rows(xb, rows, lo, hi)
+    return sample
 
 
 def _set_opq_niter(index: faiss.Index, niter: int) -> None:
@@ -122,7 +173,8 @@ def _set_opq_niter(index: faiss.Index, niter: int) -> None:
                 vt.niter = niter
 
 
-def _as_unit_rows(x: np.ndarray, name: str) -> np.ndarray:
+def as_unit_rows(x: np.ndarray, name: str) -> np.ndarray:
+    """x as a C-contiguous float32 (n, dim) array of unit rows (first rows checked); else ValueError."""
     x = np.asarray(x)
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"{name} must be a non-empty 2-D array (n, dim), got shape {x.shape}")

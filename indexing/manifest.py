@@ -27,6 +27,10 @@ class ShardInfo:
     file: str  # relative to the index folder
     n: int
     sha256: str
+    # kind ivf_pq_ondisk: the inverted lists file next to `file` (relative to the index folder, like
+    # it, so the folder can move; faiss_build.read_index maps it) and its checksum. "" otherwise.
+    lists: str = ""
+    lists_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class VectorIndexInfo:
     """One vector collection (image vectors, or caption vectors) split into shards."""
 
     factory: str  # faiss index_factory string of the chosen index
-    kind: str  # flat / hnsw / ivf_flat / ivf_pq …
+    kind: str  # flat / hnsw / ivf_flat / ivf_pq / ivf_pq_ondisk … (indexing.choose.KINDS)
     trained: str  # empty trained index all shards were cloned from (reused by `index add`)
     search_param: str | None  # nprobe / efSearch, None for exact
     search_value: int | None

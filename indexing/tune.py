@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from indexing.row_blocks import is_mapped, iter_blocks
+
 # efSearch is searched between k (HNSW always keeps at least k candidates) and this cap: at 1M x 512
 # efSearch ~3400 already searched at brute-force speed (109 vs ~125 QPS, 1 thread), so needing more
 # means a broken graph, not an under-tuned one.
@@ -31,6 +33,8 @@ K_FACTOR_LADDER = (8, 16, 32, 64, 128, 256)
 # While doubling, a gain below this means recall has plateaued short of the target (it is capped
 # by the codes or by k_factor, not by nprobe): stop rather than scan every list.
 PLATEAU_GAIN = 0.002
+# Database rows per block when exact_knn reads a subset or a memory-mapped xb: 128 MiB at d=512.
+EXACT_BLOCK_ROWS = 65_536
 
 
 @dataclass(frozen=True)
@@ -42,14 +46,28 @@ class TuneResult:
     k_factor: int | None = None  # re-ranking depth chosen for refine indexes, else None
 
 
-def exact_knn(xb: np.ndarray, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k of each query: (D, I), I holding row numbers of xb."""
-    xb, xq = _as_float32(xb, "xb"), _as_float32(xq, "xq")
-    if xb.shape[1] != xq.shape[1]:
-        raise ValueError(f"xb has dim {xb.shape[1]} but xq has dim {xq.shape[1]}")
-    if not 0 < k <= len(xb):
-        raise ValueError(f"k must be in 1..{len(xb)}, got {k}")
-    return faiss.knn(xq, xb, k, metric=faiss.METRIC_INNER_PRODUCT)
+def exact_knn(
+    xb: np.ndarray, xq: np.ndarray, k: int, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k of each query over xb[rows] (all of xb when rows is None): (D, I),
+    I holding positions in rows (row numbers of xb when rows is None).
+
+    A subset or a memory-mapped xb is read EXACT_BLOCK_ROWS rows at a time (indexing.row_blocks),
+    so ground truth for an on-disk index never holds the whole input in RAM."""
+    xq = _as_float32(xq, "xq")
+    n = len(xb) if rows is None else len(rows)
+    if np.ndim(xb) != 2 or xb.shape[1] != xq.shape[1]:
+        raise ValueError(f"xb must have shape (n, {xq.shape[1]}) like xq, got {np.shape(xb)}")
+    if not 0 < k <= n:
+        raise ValueError(f"k must be in 1..{n}, got {k}")
+    if rows is None and not is_mapped(xb):
+        return faiss.knn(xq, _as_float32(xb, "xb"), k, metric=faiss.METRIC_INNER_PRODUCT)
+    heap = faiss.ResultHeap(len(xq), k, keep_max=True)
+    for lo, hi, block in iter_blocks(xb, rows, EXACT_BLOCK_ROWS):
+        D, I = faiss.knn(xq, block, min(k, hi - lo), metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(D, I + lo)
+    heap.finalize()
+    return heap.D, heap.I
 
 
 def recall_at_k(I: np.ndarray, gt_I: np.ndarray, k: int) -> float:

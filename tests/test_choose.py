@@ -11,8 +11,11 @@ from indexing.choose import (
     FLAT_MAX_N,
     KINDS,
     MIN_POINTS_PER_CENTROID,
+    ONDISK_BLOCK_ROWS,
+    OndiskSize,
     choose_index,
     estimate_memory,
+    estimate_ondisk,
     parse_memory,
 )
 
@@ -38,6 +41,11 @@ BEST = [
     (100_000_000, 768, "4GB", "ivf_pq", "OPQ32_768,IVF8192,PQ32np"),
     # too few vectors for any IVF list: no training possible
     (10, 8, "1MB", "flat", "IDMap2,Flat"),
+    # no in-RAM index fits (4-byte codes + ids of 1B vectors: 11 GiB): the lists go to disk
+    (1_000_000_000, 512, "8GB", "ivf_pq_ondisk", "OPQ64_512,IVF16384,PQ64np"),
+    # ... and with a tighter budget, fewer lists (32768 -> 8192): a smaller training sample
+    (1_000_000_000, 512, "3GB", "ivf_pq_ondisk", "OPQ64_512,IVF8192,PQ64np"),
+    (1_000_000_000, 768, "5GB", "ivf_pq_ondisk", "OPQ64_768,IVF8192,PQ64np"),
 ]
 
 
@@ -49,7 +57,7 @@ def test_best_plan(n, dim, budget, kind, factory):
 
 def test_ranking_at_1m_puts_refine_then_sq8_then_graph():
     kinds = [p.kind for p in choose_index(1_000_000, 512, 4 * GiB)]
-    assert kinds == ["ivf_pq_refine", "ivf_sq8", "hnsw", "hnsw", "ivf_flat", "ivf_pq", "flat"]
+    assert kinds == ["ivf_pq_refine", "ivf_sq8", "hnsw", "hnsw", "ivf_flat", "ivf_pq", "flat", "ivf_pq_ondisk"]
 
 
 def test_ranking_below_flat_max_n_puts_exact_first():
@@ -70,7 +78,10 @@ def test_every_plan_fits_trains_enough_and_parses_in_faiss(n, dim, budget):
     for p in plans:
         assert p.kind in KINDS
         assert p.est_memory_bytes <= budget
-        assert p.est_memory_bytes == estimate_memory(p.factory, n, dim)
+        if p.kind == "ivf_pq_ondisk":
+            assert OndiskSize(p.est_memory_bytes, p.est_disk_bytes) == estimate_ondisk(p.factory, n, dim, p.train_size)
+        else:
+            assert (p.est_memory_bytes, p.est_disk_bytes) == (estimate_memory(p.factory, n, dim), 0)
         m = re.search(r"IVF(\d+)", p.factory)
         if m:  # enough training points for k-means, never more than we have
             assert MIN_POINTS_PER_CENTROID * int(m.group(1)) <= p.train_size <= n
@@ -108,6 +119,19 @@ ESTIMATES = [
 @pytest.mark.parametrize(("factory", "n", "dim", "expected"), ESTIMATES)
 def test_estimate_memory(factory, n, dim, expected):
     assert estimate_memory(factory, n, dim) == expected
+
+
+def test_estimate_ondisk():
+    n, d, nlist, m, train = 10_000_000, 512, 4096, 64, 262_144
+    factory = f"OPQ{m}_{d},IVF{nlist},PQ{m}np"
+    resident = 4 * d * d + 4 * nlist * d + 4 * 256 * d + 24 * nlist  # OPQ, centroids, codebooks, list records
+    training = 2 * train * 4 * d + 3 * 65_536 * 4 * d  # sample + rotated copy, OPQ's 3 copies of 64k rows
+    adding = 2 * ONDISK_BLOCK_ROWS * 4 * d + 65_536 * 4 * d + ONDISK_BLOCK_ROWS * (m + 8)
+    searching = 256 * -(-n // nlist) * (m + 8)  # 256 average lists' pages
+    assert training > adding > searching  # at this size the training sample dominates
+    assert estimate_ondisk(factory, n, d, train) == OndiskSize(int(resident + 1.15 * training), n * (m + 8))
+    with pytest.raises(ValueError, match="IVF"):
+        estimate_ondisk("IDMap2,Flat", n, d, train)
 
 
 @pytest.mark.parametrize("factory", ["IVF16,LSH", "IVF16,PQ3", "Banana"])
