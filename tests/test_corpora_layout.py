@@ -14,7 +14,7 @@ from indexing.corpora import parsers
 
 PACKAGE = Path(corpora.__file__).parent
 # Modules every source may use; all others in the package are source modules.
-SHARED = {"__init__", "core", "parsers", "rows", "emoji_entries"}
+SHARED = {"__init__", "core", "parsers", "rows", "emoji_entries", "split_groups"}
 SOURCES = {p.stem for p in PACKAGE.glob("*.py")} - SHARED
 
 

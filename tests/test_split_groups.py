@@ -48,6 +48,8 @@ def test_held_out_keys_never_train_and_evaluation_only_corpora_stay_as_they_are(
     assert apply_split_groups(rows, "emoji-google", groups).column("split").to_pylist() == ["train"]
     holdout = pa.table({"key": [train], "split": ["val"]})
     assert apply_split_groups(holdout, "openclipart", groups).equals(holdout)
+    all_test = pa.table({"key": [train], "split": ["test"]})  # skimage-photos: every item is test
+    assert apply_split_groups(all_test, "openclipart", groups).equals(all_test)
 
 
 @pytest.mark.parametrize("raw", [[], {"groups": [["only-one"]]}, {"groups": [["a", 3]]},

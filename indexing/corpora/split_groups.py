@@ -13,8 +13,8 @@ records them as data:
 
 Groups are by key across corpora, as the split itself is (the emoji styles and the flags share
 keys). Applied to a parser's rows at fetch time (`apply_split_groups`), and the file's digest is
-part of the manifest fingerprint, so editing it rebuilds the cached manifests. Corpora whose splits
-are `val` / `test` (evaluation only) are left as they are. Tested in tests/test_split_groups.py.
+part of the manifest fingerprint, so editing it rebuilds the cached manifests. Evaluation-only corpora
+(splits `val` / `test`, or all `test`) are left as they are. Tested in tests/test_split_groups.py.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def apply_split_groups(table: pa.Table, corpus: str, groups: SplitGroups) -> pa.
     if not groups.digest or "split" not in table.column_names or "key" not in table.column_names:
         return table
     splits = table.column("split").to_pylist()
-    if not set(splits) <= {"train", "test"}:
+    if "train" not in splits or not set(splits) <= {"train", "test"}:  # evaluation only: val / test, or all test
         return table
     keys = table.column("key").to_pylist()
     new = [groups.split(corpus, k) for k in keys]
