@@ -13,6 +13,7 @@ from rich.text import Text
 
 from app.console import fail, out_console, say
 from retrieval import search as search_mod
+from retrieval.distributed_search import ShardUnavailableError
 from retrieval.rerank.rerank import MAX_RERANK
 
 RayFlag = Annotated[bool, typer.Option(
@@ -151,7 +152,7 @@ def search(
                 results = _run_queries(idx, queries, lines, **kw)
         finally:
             idx.close()
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ShardUnavailableError) as e:  # the last: a Ray shard down for good
         raise fail(str(e)) from e
     failed = 0
     for r in results:

@@ -237,3 +237,15 @@ def test_ray_without_ray_installed_says_how_to_install(monkeypatch, index_dir: P
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     res = CliRunner().invoke(cli.app, [command[0], str(index_dir), *command[1:], "--ray"])
     assert res.exit_code == 2 and "pip install 'retr[distributed]'" in res.output
+
+
+def test_cli_search_with_a_shard_down_for_good_is_a_clear_error_not_a_traceback(monkeypatch, index_dir: Path) -> None:
+    from app import cli
+
+    def down(path, **kw):
+        raise ShardUnavailableError("shard actor for shards/image-002.faiss is gone after 3 restarts")
+
+    monkeypatch.setattr(cli.search_mod, "open_index", down)
+    res = CliRunner().invoke(cli.app, ["search", str(index_dir), "--text", "red", "--ray"])
+    assert res.exit_code == 2 and "shards/image-002.faiss" in res.output
+    assert isinstance(res.exception, SystemExit)  # a clean exit, not an uncaught error
