@@ -10,6 +10,7 @@ import typer
 
 from app.console import fail, say
 from app.models_cli import AutoDevice
+from indexing.curation.colour import DEFAULT_TOLERANCE
 from indexing.curation.pipeline import read_pipeline, run_pipeline
 from indexing.curation.stages import StageSpec, run_stage
 from indexing.embed import EmbedConfig
@@ -92,7 +93,7 @@ def dedup_cmd(
                           ] = 8,
     pixel_colour: Annotated[float, typer.Option(
         help="Pixel copies must also agree in colour: largest difference of 8×8 mean-colour grids (0-1; 0 = off).")
-    ] = 0.1,
+    ] = DEFAULT_TOLERANCE,
     near: Annotated[bool, typer.Option(help="Drop near-duplicates by embedding.")] = True,
     truth: Annotated[str | None, typer.Option(
         help="Metadata column of true duplicate groups: the report draws precision/recall against the threshold.")

@@ -161,11 +161,12 @@ def test_a_finished_stage_whose_source_changed_is_not_returned_as_if_current(pho
     ({"threshold": 1.5}, "cosine similarity in"),
     ({"keep": "best"}, "--keep must be one of"),
     ({"thresold": 0.5}, "unknown settings"),
+    ({"pixel_colour": 1.5}, "--pixel-colour is a colour difference"),
 ])
 def test_bad_settings_are_clear_errors(photos: Path, tmp_path: Path, params: dict, message: str) -> None:
     spec = StageSpec("dedup", str(photos), tmp_path / "o", "test:pixels", params, embed=EMBED, progress=False)
-    with pytest.raises(ValueError, match=message):
-        run_stage(spec, _enc)
+    with pytest.raises(ValueError, match=message):  # before any embedding: no model is loaded
+        run_stage(spec, lambda s: pytest.fail("the model was loaded before the settings were checked"))
 
 
 def test_an_empty_or_unreadable_pool_is_a_clear_error(tmp_path: Path) -> None:

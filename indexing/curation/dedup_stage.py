@@ -93,7 +93,7 @@ class DedupConfig:
         return DEFAULT_THRESHOLDS[model]
 
 
-def _colour_check(config: DedupConfig, a_paths: Sequence[str], b_paths: Sequence[str] | None = None):
+def _colour_check(config: DedupConfig, a_paths: np.ndarray, b_paths: np.ndarray | None = None):
     """The pixel step's colour veto for rows of A (and of B: pairs across two pools), or None when off.
     Only images the hash pairs are decoded, each once."""
     if config.pixel_colour <= 0:
@@ -103,11 +103,11 @@ def _colour_check(config: DedupConfig, a_paths: Sequence[str], b_paths: Sequence
     def agree(qa: np.ndarray, qb: np.ndarray) -> np.ndarray:
         if b_paths is a_paths:  # one pool: decode each row once
             rows, inv = np.unique(np.concatenate([qa, qb]), return_inverse=True)
-            sig = colour_signatures([a_paths[i] for i in rows])
+            sig = colour_signatures(a_paths[rows].tolist())
             return colour_agrees(sig[inv[: len(qa)]], sig[inv[len(qa):]], config.pixel_colour)
         ua, ia = np.unique(qa, return_inverse=True)
         ub, ib = np.unique(qb, return_inverse=True)
-        sa, sb = colour_signatures([a_paths[i] for i in ua]), colour_signatures([b_paths[i] for i in ub])
+        sa, sb = colour_signatures(a_paths[ua].tolist()), colour_signatures(b_paths[ub].tolist())
         return colour_agrees(sa[ia], sb[ib], config.pixel_colour)
 
     return agree
@@ -146,18 +146,19 @@ def dedup_pool(pool: Pool, config: DedupConfig, evals: Sequence[Pool] = ()) -> D
 
     if config.exact:
         run(exact_duplicates(ids, _hash_keys(pool, "sha256"), keep=config.keep, pixels=pixels))
-    if config.pixel:
+    hashes = paths = None
+    if config.pixel:  # read once: the pixel step and every evaluation set's pixel leaks use them
         hashes = np.asarray([int(h) for h in _hash_keys(pool, "phash")], np.int64)
+        paths = np.asarray(pool.meta.column("path").to_pylist(), dtype=object)
         rows = np.flatnonzero(live)
-        paths = pool.meta.column("path").to_pylist()
         run(pixel_duplicates(ids[rows], hashes[rows], config.pixel_bits, keep=config.keep, pixels=pixels[rows],
-                             agree=_colour_check(config, [paths[r] for r in rows])))
+                             agree=_colour_check(config, paths[rows])))
     if config.near:
         rows = np.flatnonzero(live)
         run(near_duplicates(ids[rows], _rows(xb, rows), threshold, keep=config.keep, k=config.k,
                             pixels=pixels[rows], batch=config.batch, block=config.block))
     for e in evals:
-        for step in _eval_leaks(pool, e, live.copy(), config, threshold):
+        for step in _eval_leaks(pool, e, live.copy(), config, threshold, hashes, paths):
             by_id = dict(zip(e.ids.tolist(), e.meta.column("path").to_pylist(), strict=True))
             leak_images.update({pid: by_id[of] for pid, of in zip(
                 step.dropped.column("id").to_pylist(), step.dropped.column("of_id").to_pylist(), strict=True)})
@@ -172,17 +173,17 @@ def _rows(xb: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return xb if len(rows) == len(xb) else xb[rows]
 
 
-def _eval_leaks(pool: Pool, e: Pool, live: np.ndarray, config: DedupConfig, threshold: float) -> list[StageResult]:
+def _eval_leaks(pool: Pool, e: Pool, live: np.ndarray, config: DedupConfig, threshold: float,
+                hashes: np.ndarray | None, paths: np.ndarray | None) -> list[StageResult]:
     """Leaks of one evaluation set among the live pool rows: by perceptual hash (a benchmark image
-    re-encoded, resized or squashed barely moves it), then by embedding on what is left."""
+    re-encoded, resized or squashed barely moves it), then by embedding on what is left. `hashes` and
+    `paths` are the pool's (given when config.pixel)."""
     ids, steps = pool.ids, []
     if config.pixel:
         rows = np.flatnonzero(live)
-        hashes = np.asarray([int(h) for h in _hash_keys(pool, "phash")], np.int64)[rows]
         eval_hashes = np.asarray([int(h) for h in _hash_keys(e, "phash")], np.int64)
-        paths = pool.meta.column("path").to_pylist()
-        agree = _colour_check(config, [paths[r] for r in rows], e.meta.column("path").to_pylist())
-        steps.append(pixel_leaks(ids[rows], hashes, e.ids, eval_hashes, config.pixel_bits, agree=agree))
+        agree = _colour_check(config, paths[rows], np.asarray(e.meta.column("path").to_pylist(), dtype=object))
+        steps.append(pixel_leaks(ids[rows], hashes[rows], e.ids, eval_hashes, config.pixel_bits, agree=agree))
         live &= ~np.isin(ids, steps[-1].dropped.column("id").to_numpy())
     rows = np.flatnonzero(live)
     steps.append(drop_near(ids[rows], _rows(pool.xb, rows), e.ids, e.xb, threshold, batch=config.batch,

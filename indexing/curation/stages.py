@@ -78,6 +78,7 @@ def _pool(
 
 def run_stage(spec: StageSpec, load_encoder: Callable[[str], Encoder]) -> StageRecord:
     """Run (or find finished) the stage `spec` names; returns its curate.json record."""
+    _config(_CONFIGS[spec.stage], spec.params)  # bad settings fail before anything is embedded
     digest = inputs_digest(spec.sources())
     done = finished_stage(spec.out, spec.stage, spec.source, spec.record_params(), digest)
     if done is not None:
@@ -129,4 +130,6 @@ def _sample(spec: StageSpec, pool: Pool, load_encoder):
     return result, None, report
 
 
+_CONFIGS = {"dedup": DedupConfig, "retrieve": concept_stages.RetrieveConfig, "cluster": concept_stages.ClusterConfig,
+            "sample": concept_stages.SampleConfig}
 _RUNNERS = {"dedup": _dedup, "retrieve": _retrieve, "cluster": _cluster, "sample": _sample}
