@@ -1,7 +1,8 @@
 """Near-duplicate detection quality: precision and recall per edit, per model, on real images.
 
     python bench/bench_dedup_quality.py [--small] [--models retr:sscd phash ...] [--plot docs/images/dedup_pr.png]
-                                        [--failures docs/images/dedup_failures.png]
+                                        [--failures docs/images/dedup_failures.png] [--pixel-bits 6 8 10]
+                                        [--no-colour]   (the pixel step without its colour check)
 
 The labelled set (built once, seeded, cached under ~/.cache/retr/bench/dedup-quality/SET/): originals
 drawn from the project's corpora (fetched first when missing) — photos (skimage-photos,
