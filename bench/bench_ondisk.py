@@ -45,6 +45,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -57,6 +58,7 @@ from bench.bench_index import Mixture  # noqa: E402
 from indexing.atomic import atomic_path, write_json  # noqa: E402
 from indexing.build import IndexConfig, build_collection  # noqa: E402
 from indexing.choose import choose_index, parse_memory  # noqa: E402
+from indexing.exact_rerank import StoredRerank, rows_lookup  # noqa: E402
 from indexing.faiss_build import lists_path, read_index  # noqa: E402
 from indexing.manifest import ShardInfo, VectorIndexInfo  # noqa: E402
 from indexing.tune import apply_search_param, exact_knn, recall_at_k  # noqa: E402
@@ -65,7 +67,6 @@ K = 10
 GEN_BLOCK = 100_000  # rows generated and written at a time
 SAMPLE_S = 0.02  # RSS sampling period
 ONE_BY_ONE = 200  # queries searched one at a time for the serving-like QPS
-PREFETCH_DEFAULT = 32  # faiss' OnDiskInvertedLists.prefetch_nthread
 MiB = 2**20
 
 
@@ -171,7 +172,7 @@ def build_worker(data: Path, out: Path, budget: int, target: float, seed: int) -
     return result
 
 
-def _qps(index: faiss.Index, xq: np.ndarray, threads: int) -> float:
+def _qps(index: faiss.Index | StoredRerank, xq: np.ndarray, threads: int) -> float:
     faiss.omp_set_num_threads(threads)
     best = float("inf")
     for _ in range(3):
@@ -181,28 +182,29 @@ def _qps(index: faiss.Index, xq: np.ndarray, threads: int) -> float:
     return len(xq) / best
 
 
-def _qps_one_by_one(index: faiss.Index, xq: np.ndarray, prefetch_threads: int, cold: bool) -> float:
-    """Queries searched one at a time on 1 thread, as a server gets them. cold: the lists file is
-    evicted from the page cache first (posix_fadvise on that file only), so the first reads of each
-    list go to disk. prefetch_threads: OnDiskInvertedLists.prefetch_nthread, threads started per
-    search to fault the probed lists in in parallel (faiss' default 32; read_index sets 0)."""
+def _evict(path: str | Path) -> None:
+    """Drop a file's pages from the page cache (posix_fadvise on that file only)."""
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+
+
+def _qps_one_by_one(searcher: faiss.Index | StoredRerank, xq: np.ndarray, cold: Sequence[str | Path]) -> float:
+    """Queries searched one at a time on 1 thread, as a server gets them; the files in `cold` (the lists
+    file, the stored vectors) are evicted from the page cache first, so first reads go to disk."""
     faiss.omp_set_num_threads(1)  # one query per call: more OpenMP threads only add barriers
-    invlists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
-    opened_with = invlists.prefetch_nthread
-    invlists.prefetch_nthread = prefetch_threads
-    if cold:
-        fd = os.open(invlists.filename, os.O_RDONLY)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
+    for path in cold:
+        _evict(path)
     t0 = time.perf_counter()
     for q in xq[:ONE_BY_ONE]:
-        index.search(q[None], K)
-    qps = min(ONE_BY_ONE, len(xq)) / (time.perf_counter() - t0)
-    invlists.prefetch_nthread = opened_with
-    return qps
+        searcher.search(q[None], K)
+    return min(ONE_BY_ONE, len(xq)) / (time.perf_counter() - t0)
 
 
 def search_worker(data: Path, out: Path) -> dict:
+    """Recall and QPS of the shard as `retr search` answers: the codes' top k * rerank_factor re-ranked
+    against the stored vectors (here the float32 xb.npy, memory-mapped), at the tuned nprobe and 2x, 4x
+    it; and the codes alone at the tuned nprobe, for the cap the re-rank lifts."""
     obj = json.loads((out / "info.json").read_text())
     info = VectorIndexInfo(**{**obj, "shards": tuple(ShardInfo(**s) for s in obj["shards"])})
     xq, gt = np.load(data / "xq_test.npy"), np.load(data / "gt_test.npy")
@@ -210,18 +212,24 @@ def search_worker(data: Path, out: Path) -> dict:
     sampler.start()
     before = proc_status()
     index = read_index(out / info.shards[0].file)  # as retr search opens a shard
+    xb = np.load(data / "xb.npy", mmap_mode="r")
     loaded = proc_status()
     nlist = faiss.extract_index_ivf(index).nlist
     threads = os.cpu_count() or 1
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists).filename
+    vectors_of = rows_lookup(xb, np.arange(len(xb), dtype=np.int64))
     rows = []
-    for nprobe in sorted({min(v * info.search_value, nlist) for v in (1, 2, 4)}):
+    f = info.rerank_factor
+    factors = [(f, v) for v in (1, 2, 4)] + [(0, 1)] if f else [(0, v) for v in (1, 2, 4)]
+    for factor, times in factors:
+        nprobe = min(times * info.search_value, nlist)
         apply_search_param(index, "nprobe", nprobe)
-        _, I = index.search(xq, K)
-        row = {"nprobe": nprobe, "recall": recall_at_k(I, gt, K), "qps_1t": _qps(index, xq, 1),
-               "qps_all": _qps(index, xq, threads)}
-        for cache in ("hot", "cold"):
-            for pf in (0, PREFETCH_DEFAULT):
-                row[f"1by1_{cache}_pf{pf}"] = _qps_one_by_one(index, xq, pf, cache == "cold")
+        searcher = StoredRerank(index, vectors_of, factor) if factor else index
+        _, I = searcher.search(xq, K)
+        row = {"nprobe": nprobe, "factor": factor, "recall": recall_at_k(I, gt, K),
+               "qps_1t": _qps(searcher, xq, 1), "qps_all": _qps(searcher, xq, threads),
+               "1by1_hot": _qps_one_by_one(searcher, xq, ()),
+               "1by1_cold": _qps_one_by_one(searcher, xq, (lists, data / "xb.npy"))}
         faiss.omp_set_num_threads(threads)
         rows.append(row)
     searched = proc_status()
@@ -262,8 +270,9 @@ def report(args: argparse.Namespace, data: Path, out: Path, data_note: str, buil
           f"disk {ondisk.est_disk_bytes / MiB:.0f} MiB)")
     base, where = build["baseline"], build["peak_phase"]
     phases = ", ".join(f"{name} {sec:.0f} s" for name, sec in build["phases"].items())
-    print(f"build: {build['build_s']:.1f} s ({phases}; nprobe {info['search_value']} for recall "
-          f"{args.target_recall}, tuning recall {info['measured_recall']:.3f})")
+    print(f"build: {build['build_s']:.1f} s ({phases}; nprobe {info['search_value']} and re-rank "
+          f"x{info.get('rerank_factor', 0)} for recall {args.target_recall}, "
+          f"tuning recall {info['measured_recall']:.3f})")
     print(f"build peak RSS: ru_maxrss {build['ru_maxrss'] / MiB:.0f} MiB = RssAnon (private) "
           f"{peak['RssAnon'] / MiB:.0f} MiB, in {where['RssAnon']} + RssFile (mapped files) "
           f"{peak['RssFile'] / MiB:.0f} MiB, in {where['RssFile']} (peaks sampled apart); before building the "
@@ -276,14 +285,14 @@ def report(args: argparse.Namespace, data: Path, out: Path, data_note: str, buil
           f"{search['ram_after_search']['RssFile'] / MiB:.1f} MiB (mapped lists + libraries); search process "
           f"peak RSS {search['ru_maxrss'] / MiB:.0f} MiB")
     print(f"QPS: batch of {len(np.load(data / 'xq_test.npy'))} queries (1 thread, {os.cpu_count()} threads); "
-          f"{ONE_BY_ONE} one at a time on 1 thread, lists in the page cache (hot) or evicted first (cold), "
-          f"with 0 (read_index's setting) or {PREFETCH_DEFAULT} (faiss' default) prefetch threads")
-    print("| nprobe | recall@10 | batch 1t | batch all | 1-by-1 hot pf0 | hot pf32 | cold pf0 | cold pf32 |")
-    print("|-------:|----------:|---------:|----------:|---------------:|---------:|---------:|----------:|")
+          f"{ONE_BY_ONE} one at a time on 1 thread, files in the page cache (hot) or the lists file and the "
+          f"stored vectors evicted first (cold); re-rank x: the codes' top 10 * x re-scored against the stored "
+          f"vectors (0: the codes alone)")
+    print("| nprobe | re-rank x | recall@10 | batch 1t | batch all | 1-by-1 hot | 1-by-1 cold |")
+    print("|-------:|----------:|----------:|---------:|----------:|-----------:|------------:|")
     for r in search["rows"]:
-        print(f"| {r['nprobe']:6d} | {r['recall']:9.3f} | {r['qps_1t']:8.0f} | {r['qps_all']:9.0f} | "
-              f"{r['1by1_hot_pf0']:14.0f} | {r['1by1_hot_pf32']:8.0f} | {r['1by1_cold_pf0']:8.0f} | "
-              f"{r['1by1_cold_pf32']:9.0f} |")
+        print(f"| {r['nprobe']:6d} | {r['factor']:9d} | {r['recall']:9.3f} | {r['qps_1t']:8.0f} | "
+              f"{r['qps_all']:9.0f} | {r['1by1_hot']:10.0f} | {r['1by1_cold']:11.0f} |")
     return {
         "n": n, "d": d, "max_memory": budget, "factory": info["factory"], "nprobe": info["search_value"],
         "build_s": build["build_s"], "build_phases": build["phases"], "build_ru_maxrss": build["ru_maxrss"],
@@ -299,8 +308,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--d", type=int, default=512)
     ap.add_argument("--max-memory", default="4GB")
-    ap.add_argument("--target-recall", type=float, default=0.6,
-                    help="nprobe is tuned to this recall@10 (8-bit OPQ64 codes of 512-d vectors plateau near 0.7)")
+    ap.add_argument("--target-recall", type=float, default=0.95,
+                    help="nprobe and the re-rank depth are tuned to this recall@10 (retr index build's default)")
     ap.add_argument("--nq", type=int, default=1000, help="tuning queries, and as many held-out test queries")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None,

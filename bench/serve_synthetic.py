@@ -94,7 +94,10 @@ def _clear_ours(folder: Path) -> None:
 def _write_vectors(folder: Path, n: int, encoder, seed: int) -> tuple[np.ndarray, object]:
     """Chunk files as indexing/embed.py writes them (float16 image vectors, no captions), and the
     same vectors as float32 in a scratch .npy memmap for the index build; returns (xb, mixture)."""
-    from bench_index import Mixture
+    try:
+        from bench_index import Mixture  # run as a script from bench/
+    except ImportError:
+        from bench.bench_index import Mixture  # imported from the repository root (tests)
 
     from indexing.atomic import write_json, write_npy, write_parquet
     from indexing.embed import EmbedConfig
@@ -123,9 +126,11 @@ def _write_vectors(folder: Path, n: int, encoder, seed: int) -> tuple[np.ndarray
     return xb, mix
 
 
-def build_synthetic(folder: Path, n: int, spec: str, seed: int = 0, shards: int = 1) -> float:
+def build_synthetic(folder: Path, n: int, spec: str, seed: int = 0, shards: int = 1, *,
+                    encoder=None, config=None) -> float:
     """Write a complete index folder of n synthetic vectors for model `spec` in `shards` shards; returns
-    seconds taken."""
+    seconds taken. `encoder` (anything with name, dim, weights_id) stands in for loading `spec`;
+    `config` is the build's IndexConfig (default: the CLI's)."""
     from indexing.atomic import write_parquet
     from indexing.build import IndexConfig, build_collection
     from indexing.embed import EmbedConfig
@@ -133,7 +138,8 @@ def build_synthetic(folder: Path, n: int, spec: str, seed: int = 0, shards: int 
     from indexing.metadata import SegmentRows, write_metadata
     from indexing.store import REJECT_SCHEMA, read_segment_captions, read_segment_meta
 
-    encoder, config = encoder_for(spec), IndexConfig(shards=shards)
+    encoder = encoder or encoder_for(spec)
+    config = config or IndexConfig(shards=shards)
     _clear_ours(folder)
     t = [time.perf_counter()]
     xb, mix = _write_vectors(folder, n, encoder, seed)

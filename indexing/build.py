@@ -29,6 +29,7 @@ import pyarrow as pa
 from indexing.atomic import write_parquet
 from indexing.choose import KINDS, IndexPlan, choose_index
 from indexing.embed import EmbedConfig, EmbedSummary, embed_items
+from indexing.exact_rerank import VectorsOf, rerank_exact, rows_lookup
 from indexing.faiss_build import add_to_clone, lists_path, read_index, train_empty, write_index_atomic
 from indexing.lock import writer_lock
 from indexing.manifest import (
@@ -52,7 +53,7 @@ from indexing.store import (
     read_segment_rejects,
     read_segment_vectors,
 )
-from indexing.tune import apply_search_param, exact_knn, recall_at_k, tune_search_params
+from indexing.tune import apply_search_param, exact_knn, recall_at_k, tune_search_params, tune_stored_rerank
 from retrieval.encoders.base import Encoder
 
 # Who embeds a segment: called like `embed_items` (items, folder, encoder, embed config, start_id=, start_cid=,
@@ -102,12 +103,18 @@ def _query_sample(xq_pool: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.ascontiguousarray(xq_pool[np.sort(take)], dtype=np.float32)
 
 
-def _search_merged(shards: Sequence[faiss.Index], xq: np.ndarray, k: int) -> np.ndarray:
-    results = [s.search(xq, k) for s in shards]
+def _search_merged(
+    shards: Sequence[faiss.Index], xq: np.ndarray, k: int, rerank: tuple[VectorsOf, int] | None = None
+) -> np.ndarray:
+    """The merged top-k ids, as a search answers: with `rerank` (vectors_of, factor), the merged top
+    k * factor re-ranked exactly (indexing.exact_rerank)."""
+    kk = k * rerank[1] if rerank else k
+    results = [s.search(xq, kk) for s in shards]
     D = np.concatenate([r[0] for r in results], axis=1)
     I = np.concatenate([r[1] for r in results], axis=1)
-    order = np.argsort(-D, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(I, order, axis=1)
+    order = np.argsort(-D, axis=1, kind="stable")[:, :kk]
+    I = np.take_along_axis(I, order, axis=1)
+    return rerank_exact(xq, I, rerank[0], k)[1] if rerank else I
 
 
 def _tune_shards(
@@ -119,28 +126,36 @@ def _tune_shards(
     gt_ids: np.ndarray,
     k: int,
     target: float,
-) -> tuple[str | None, int | None, float]:
-    """Tune on the largest shard against its own exact top-k, then check the merged search.
+    vectors_of: VectorsOf | None = None,
+) -> tuple[str | None, int | None, float, int]:
+    """Tune on the largest shard against its own exact top-k, then check the merged search:
+    (param, value, merged recall, re-rank factor; 0 without `vectors_of`).
 
     Shards share one trained quantizer and hold similar data, so the parameter transfers; if the
-    merged recall still falls short, the parameter is doubled until it reaches the target.
+    merged recall still falls short, the parameter is doubled until it reaches the target. With
+    `vectors_of` (ids -> stored vectors) the search re-ranks its candidates exactly and the factor
+    is tuned with nprobe (tune_stored_rerank).
     """
     big = int(np.argmax([len(g) for g in groups]))
     kk = min(k, len(groups[big]))
     # One shard is the whole collection, whose exact top-k is known; else the biggest shard's,
     # computed blockwise over its rows (it is never copied whole).
     gt_big = gt_ids if len(groups) == 1 else ids[groups[big]][exact_knn(xb, xq, kk, rows=groups[big])[1]]
-    tuned = tune_search_params(shards[big], xq, gt_big, kk, target)
-    param, value = tuned.param, tuned.value
+    if vectors_of is None:
+        tuned = tune_search_params(shards[big], xq, gt_big, kk, target)
+    else:
+        tuned = tune_stored_rerank(shards[big], xq, gt_big, kk, target, vectors_of)
+    param, value, factor = tuned.param, tuned.value, (tuned.k_factor or 0) if vectors_of is not None else 0
+    rerank = (vectors_of, factor) if factor else None
     for s in shards:
         apply_search_param(s, param, value)
-    measured = recall_at_k(_search_merged(shards, xq, k), gt_ids, k)
+    measured = recall_at_k(_search_merged(shards, xq, k, rerank), gt_ids, k)
     while param is not None and measured < target and value < _param_max(shards[big], param):
         value = min(2 * value, _param_max(shards[big], param))
         for s in shards:
             apply_search_param(s, param, value)
-        measured = recall_at_k(_search_merged(shards, xq, k), gt_ids, k)
-    return param, value, float(measured)
+        measured = recall_at_k(_search_merged(shards, xq, k, rerank), gt_ids, k)
+    return param, value, float(measured), factor
 
 
 def _param_max(index: faiss.Index, param: str) -> int:
@@ -176,7 +191,11 @@ def build_collection(
     k = min(config.recall_k, n)
     _, gt = exact_knn(xb, xq, k)
     gt_ids = ids[gt]
-    param, value, measured = _tune_shards(shards, groups, xb, ids, xq, gt_ids, k, config.target_recall)
+    # On-disk codes cap recall near 0.6: their searches re-rank candidates against the stored vectors
+    # (the embedding store's files, memory-mapped), and the build tunes that depth with nprobe.
+    vectors_of = rows_lookup(xb, ids) if plan.kind == "ivf_pq_ondisk" else None
+    param, value, measured, factor = _tune_shards(shards, groups, xb, ids, xq, gt_ids, k, config.target_recall,
+                                                  vectors_of)
     return VectorIndexInfo(
         factory=plan.factory,
         kind=plan.kind,
@@ -188,6 +207,7 @@ def build_collection(
         recall_k=k,
         n_queries=int(len(xq)),
         shards=tuple(infos),
+        rerank_factor=factor,
     )
 
 

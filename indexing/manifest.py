@@ -47,6 +47,9 @@ class VectorIndexInfo:
     recall_k: int
     n_queries: int
     shards: tuple[ShardInfo, ...] = ()
+    # > 0: a search fetches k * this many candidates and re-ranks them exactly against the stored
+    # vectors (indexing.exact_rerank; kind ivf_pq_ondisk, whose codes cap recall); 0: no re-rank
+    rerank_factor: int = 0
 
     @property
     def n(self) -> int:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from indexing.exact_rerank import StoredRerank, VectorsOf
 from indexing.row_blocks import is_mapped, iter_blocks
 
 # efSearch is searched between k (HNSW always keeps at least k candidates) and this cap: at 1M x 512
@@ -30,6 +31,9 @@ TIMED_PASSES = 3
 # Re-ranking depths tried for refine indexes. For recall@10 0.9, 4-bit fast-scan codes needed 16 on
 # the 20k x 32 test vectors and 32 on 1M x 512 clustered vectors (docs/benchmarks.md).
 K_FACTOR_LADDER = (8, 16, 32, 64, 128, 256)
+# Depths tried when the re-rank reads stored vectors from disk (indexing.exact_rerank): each candidate
+# costs a page read, not a RAM lookup, so the ladder starts low and stops at 64.
+STORED_FACTOR_LADDER = (2, 4, 8, 16, 32, 64)
 # While doubling, a gain below this means recall has plateaued short of the target (it is capped
 # by the codes or by k_factor, not by nprobe): stop rather than scan every list.
 PLATEAU_GAIN = 0.002
@@ -145,17 +149,55 @@ def tune_search_params(
     return chosen
 
 
+def tune_stored_rerank(
+    index: faiss.Index, xq: np.ndarray, gt_I: np.ndarray, k: int, target_recall: float, vectors_of: VectorsOf
+) -> TuneResult:
+    """tune_search_params for an index whose top k * factor are re-ranked against stored vectors
+    (indexing.exact_rerank): walks STORED_FACTOR_LADDER, tunes nprobe at each depth, keeps the fastest
+    pair meeting the target (`k_factor` is the depth), else the pair with the best recall. The index
+    is left set to the returned nprobe."""
+    if not 0.0 < target_recall <= 1.0:
+        raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+    xq = _as_float32(xq, "xq")
+    param = search_param_of(index)
+    if param is None:
+        raise ValueError("a stored-vector re-rank is tuned on an IVF or HNSW index, not an exact one")
+    best: TuneResult | None = None
+    closest: TuneResult | None = None
+    for factor in STORED_FACTOR_LADDER:
+        searcher = StoredRerank(index, vectors_of, factor)
+        value, recall = _smallest_meeting(index, param, xq, gt_I, k, target_recall, searcher.search)
+        if recall < target_recall:
+            if closest is None or recall > closest.recall:
+                closest = TuneResult(param, value, recall, 0.0, factor)
+            continue
+        apply_search_param(index, param, value)
+        result = TuneResult(param, value, recall, _qps(searcher, xq, k), factor)
+        if best is not None and result.qps <= best.qps:
+            break  # a deeper re-rank no longer buys a cheaper nprobe
+        best = result
+    chosen = best or closest
+    apply_search_param(index, param, chosen.value)
+    if best is None:
+        chosen = TuneResult(param, chosen.value, chosen.recall,
+                            _qps(StoredRerank(index, vectors_of, chosen.k_factor), xq, k), chosen.k_factor)
+    return chosen
+
+
 def _smallest_meeting(
-    index: faiss.Index, param: str, xq: np.ndarray, gt_I: np.ndarray, k: int, target_recall: float
+    index: faiss.Index, param: str, xq: np.ndarray, gt_I: np.ndarray, k: int, target_recall: float,
+    search=None,
 ) -> tuple[int, float]:
-    """(value, recall): the smallest value reaching the target, else the best value tried."""
+    """(value, recall): the smallest value reaching the target, else the best value tried. `search`
+    answers with the index set to each value (default: the index's own search)."""
     lo, hi = _param_range(index, param, k)
     recalls: dict[int, float] = {}
+    search = search or index.search
 
     def recall(value: int) -> float:
         if value not in recalls:
             apply_search_param(index, param, value)
-            _, I = index.search(xq, k)
+            _, I = search(xq, k)
             recalls[value] = recall_at_k(I, gt_I, k)
         return recalls[value]
 
@@ -196,7 +238,7 @@ def _find(index: faiss.Index, cls: type) -> faiss.Index | None:
     return index
 
 
-def _qps(index: faiss.Index, xq: np.ndarray, k: int) -> float:
+def _qps(index: faiss.Index | StoredRerank, xq: np.ndarray, k: int) -> float:
     best = float("inf")
     for _ in range(TIMED_PASSES):
         t0 = time.perf_counter()

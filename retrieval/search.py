@@ -33,6 +33,7 @@ import faiss
 import numpy as np
 
 from indexing.decode import DecodeError, DecodeLimits, decode_image
+from indexing.exact_rerank import rerank_exact
 from indexing.manifest import IndexManifest, model_mismatch, read_manifest
 from indexing.metadata import MetadataStore
 from indexing.store import ChunkVectors, gather_vectors
@@ -273,17 +274,28 @@ class RetrievalIndex:
         """Top-k (D, I); I holds item ids for target "image", caption ids for target "text"."""
         coll = self._collections[target]
         if where is None:
-            return coll.search(xq, k)
+            return self._search_collection(coll, xq, k)
         allowed = self.meta.filter_ids(where)
         if target == "text":
             allowed = self.meta.caption_ids(allowed)
         if len(allowed) <= EXACT_FILTER_CUTOFF:
             return self._exact(xq, k, allowed, coll.kind)
-        D, I = coll.search(xq, k, allowed)
+        D, I = self._search_collection(coll, xq, k, allowed)
         short = np.flatnonzero((I >= 0).sum(axis=1) < min(k, len(allowed)))
         if len(short):
             D[short], I[short] = self._exact(xq[short], k, allowed, coll.kind)
         return D, I
+
+    def _search_collection(
+        self, coll: ShardSearcher, xq: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The shards' top k; an index built with a re-rank factor (on-disk codes) fetches k * factor
+        and re-ranks them exactly against the stored vectors (indexing.exact_rerank)."""
+        factor = coll.info.rerank_factor
+        if not factor:
+            return coll.search(xq, k) if allowed is None else coll.search(xq, k, allowed)
+        _, I = coll.search(xq, k * factor) if allowed is None else coll.search(xq, k * factor, allowed)
+        return rerank_exact(xq, I, lambda ids: self.stored_vectors(ids, coll.kind), k)
 
     def _exact(self, xq: np.ndarray, k: int, allowed: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
         D = np.full((len(xq), k), -np.inf, np.float32)
