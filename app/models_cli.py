@@ -66,7 +66,7 @@ def _train_itm(config: Path, device: str, quiet: bool) -> None:
     except (ValueError, FileNotFoundError) as e:
         raise fail(str(e)) from e
     say(("trained", "green"), f" {report.out} · ITM reranker, {report.n_pairs} pairs · loss {report.first_loss:.3f} → "
-        f"{report.last_loss:.3f} · weight {report.weight:.1f} · {report.seconds:.0f}s")
+        f"{report.last_loss:.3f} · weight {report.weight:g} · {report.seconds:.0f}s")
 
 
 def _model_spec(model_or_index: str) -> str:

@@ -1,8 +1,8 @@
 """`retr:itm` — our own fusion reranker over the default model's locked towers (issue #27).
 
-Its checkpoint folder is retrieval/checkpoints/itm/ (weights, the config, and the ITM weight chosen
-on validation splits). Until that is committed, loading says so; the loader that reads it is
-written together with the model.
+Its checkpoint folder is retrieval/checkpoints/itm/: itm.safetensors, and itm.json with the fusion
+config, the base dual encoder and the ITM weight chosen on validation splits
+(retrieval.rerank.fusion). Written by `retr train --config retrieval/training/configs/itm.json`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ NAMES = ("itm",)  # retr:NAME -> retrieval/checkpoints/NAME/
 
 
 def load(rest: str, device: str) -> Reranker:
+    from retrieval.rerank import fusion
+
     if rest not in NAMES:
         raise ValueError(f"unknown retr reranker {rest!r}; known: {', '.join(f'retr:{n}' for n in NAMES)}")
     folder = CHECKPOINTS / rest
-    if not folder.is_dir():
+    if not (folder / fusion.WEIGHTS).is_file():
         raise ValueError(
-            f"retr:{rest}: no ITM checkpoint committed yet ({folder} does not exist); "
-            "use a BLIP ITM checkpoint meanwhile: --reranker hf:DIR"
+            f"retr:{rest}: no ITM checkpoint in {folder}; train one with "
+            "`retr train --config retrieval/training/configs/itm.json`, or use a BLIP ITM checkpoint: --reranker hf:DIR"
         )
-    raise ValueError(f"retr:{rest}: {folder} exists, but its loader is not written yet (retrieval/rerank/retr_itm.py)")
+    return fusion.load(folder, f"retr:{rest}", device)
