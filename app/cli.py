@@ -137,6 +137,9 @@ def index_build(
     ray_address: Annotated[str | None, typer.Option(
         help="Ray cluster to join (implies --ray): auto for `ray start --head` on this machine, or "
         "ray://HOST:10001.")] = None,
+    rerank_cache: Annotated[str | None, typer.Option(
+        help="Also store every image's patch tokens for this reranker (hf:DIR, retr:itm), so `--rerank K "
+        "--reranker SPEC` reads them instead of decoding K images per query (`retr index rerank-cache`).")] = None,
 ) -> None:
     """Embed SOURCE and build a sharded index in OUT (rerun the same command to resume)."""
     try:
@@ -155,11 +158,14 @@ def index_build(
                 return
             say(f"rebuilding {out}: {why}")
             shutil.rmtree(out)
+        reranker = _load_reranker(rerank_cache, device) if rerank_cache else None  # a bad spec fails before embedding
         runner = {"runner": _ray_runner(ray_address, model, device)} if ray or ray_address else {}
         report = build_mod.build_index(items, out, encoder, config, source=source, progress=not quiet, **runner)
     except (ValueError, FileNotFoundError) as e:
         raise fail(str(e)) from e
     _report(report, "built")
+    if reranker is not None:
+        _cache_tokens(out, reranker, quiet)
 
 
 def _ray_runner(address: str | None, model: str, device: str):
@@ -195,6 +201,42 @@ def index_add(
     if report.embed.n_items == 0:
         say("nothing to add: every item of the source is already indexed")
     _report(report, "added to")
+
+
+@index_app.command("rerank-cache")
+def index_rerank_cache(
+    index: Annotated[Path, typer.Argument(help="Index folder.")],
+    reranker: Annotated[str, typer.Option(help="Reranker spec whose patch tokens to store: hf:DIR or retr:itm.")],
+    device: Device = "cpu",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Store every indexed image's patch tokens for a reranker, so reranked searches read them instead of
+    decoding K images per query. Rerun after `retr index add` (or when killed): finished chunks are kept."""
+    try:
+        read_manifest(index)
+        loaded = _load_reranker(reranker, device)
+    except (ValueError, FileNotFoundError) as e:
+        raise fail(str(e)) from e
+    _cache_tokens(index, loaded, quiet)
+
+
+def _load_reranker(spec: str, device: str):
+    from retrieval.rerank import load_reranker
+
+    return load_reranker(spec, device)
+
+
+def _cache_tokens(index: Path, reranker, quiet: bool) -> None:
+    from retrieval.rerank.token_cache import build_token_cache
+
+    try:
+        r = build_token_cache(index, reranker, progress=not quiet)
+    except (ValueError, FileNotFoundError) as e:
+        raise fail(str(e)) from e
+    per_item = r.bytes / max(1, r.items + r.unreadable)
+    say(("cached", "green"), f" {reranker.name} tokens of {r.items} images in {r.folder} · "
+        f"{r.bytes / 2**20:.1f} MiB ({per_item:,.0f} B/image) · {r.chunks_built} chunks computed · {r.seconds:.0f}s"
+        + (f" · {r.unreadable} unreadable (their files are tried at query time)" if r.unreadable else ""))
 
 
 @index_app.command("info")

@@ -74,6 +74,8 @@ class IndexManifest:
     n_captions: int = -1  # caption vectors in the caption index (-1: not recorded)
     format_version: int = FORMAT_VERSION
     provenance: dict = field(default_factory=dict)  # retr version, git sha, source, created
+    # reranker name -> its patch-token cache (retrieval.rerank.token_cache): folder, key, items, bytes
+    rerank_caches: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -128,6 +128,7 @@ class RetrievalIndex:
         self._encoder: Encoder | None = None
         self._url: bool | None = None
         self._reranker = reranker  # a spec until first used
+        self._token_caches: dict = {}  # reranker name -> TokenCache | None, opened on first rerank
 
     @property
     def encoder(self) -> Encoder:
@@ -194,7 +195,18 @@ class RetrievalIndex:
         results = self.search_embedded(queries, self.embed_queries(queries), k=short, where=where, target=target)
         if reranker is None:
             return results
-        return [rerank_result(r, reranker, rerank=rerank, k=k) for r in results]
+        cached = self.cached_tokens(reranker)
+        return [rerank_result(r, reranker, rerank=rerank, k=k, cached_tokens=cached) for r in results]
+
+    def cached_tokens(self, reranker: Reranker) -> Callable[[np.ndarray], dict] | None:
+        """This index's stored patch tokens for `reranker` by item id (retrieval.rerank.token_cache),
+        or None when it holds none for that reranker and its weights: tokens then come from the files."""
+        from retrieval.rerank.token_cache import TokenCache
+
+        if reranker.name not in self._token_caches:
+            self._token_caches[reranker.name] = TokenCache.open(self.dir, self.manifest, reranker, self.meta)
+        cache = self._token_caches[reranker.name]
+        return None if cache is None else cache.tokens
 
     def search_embedded(
         self, queries: Sequence[Query], xq: np.ndarray, *, k: int = 10, where: str | None = None, target: str = "image"

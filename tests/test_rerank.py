@@ -412,6 +412,15 @@ def test_hf_blip_itm_matches_transformers_forward(tmp_path, monkeypatch):
         assert np.ptp(ref) > 1e-3  # the images matter: a parity that could not miss a swapped input
     (folder / "rerank.json").write_text('{"weight": 0.8}')
     assert load_reranker(spec).weight == 0.8
+    # a token cache is keyed to the weight files: the same folder with other weights has another key
+    key = reranker.cache_key()
+    assert key.startswith(f"{spec}@") and len(key) > len(spec) + 8
+    model.save_pretrained(folder)  # the same architecture, rewritten: the key holds while the bytes do
+    assert load_reranker(spec).cache_key() == key
+    with torch.no_grad():
+        model.itm_head.bias += 1.0
+    model.save_pretrained(folder)
+    assert load_reranker(spec).cache_key() != key
 
 
 def test_hf_reranker_refuses_other_checkpoints(tmp_path):

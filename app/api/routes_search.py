@@ -29,7 +29,13 @@ async def _answer(state: ApiState, req: SearchRequest) -> SearchResult:
         result = await served.batcher.search(Query(text=req.text), k=short, where=req.where, target=req.target)
         if reranker is None:
             return result
-        return await asyncio.to_thread(rerank_result, result, reranker, rerank=req.rerank, k=req.k)
+
+        def rerank() -> SearchResult:
+            with served.service.lease() as idx:  # the index's token cache, when it has one for this reranker
+                cached = idx.cached_tokens(reranker)
+                return rerank_result(result, reranker, rerank=req.rerank, k=req.k, cached_tokens=cached)
+
+        return await asyncio.to_thread(rerank)
     state.metrics.queries.labels("image_id").inc()
 
     def run() -> SearchResult:

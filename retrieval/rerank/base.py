@@ -8,8 +8,9 @@ is two calls, split where a cache would go:
     tokens = reranker.image_tokens(pixels)           # (B, 3, H, W) normalised -> (B, N, D) patch tokens
     p = reranker.match_probability("a red heart", tokens)   # (B, N, D) -> (B,) P(match), float32
 
-`image_tokens` depends on the image alone, so an index could store its output once per item
-(not done yet: tokens are recomputed from the item's image file at query time);
+`image_tokens` depends on the image alone, so an index can store its output once per item
+(`retr index rerank-cache`, retrieval/rerank/token_cache.py; without one, tokens are recomputed
+from the item's image file at query time);
 `match_probability` is the per-query part. `preprocess` says how a candidate's pixels are
 prepared, `name` is the spec that loads it (`hf:DIR`, `retr:itm`), and `weight` is the ITM
 share of the final score, chosen on validation splits and recorded with the checkpoint.
@@ -61,6 +62,11 @@ class Reranker(abc.ABC):
     weight: float = DEFAULT_WEIGHT  # ITM share of the final score (combine), recorded with the checkpoint
     preprocess: ImagePreprocess  # how candidate images become the pixels image_tokens takes
     device: str = "cpu"
+
+    def cache_key(self) -> str:
+        """What a token cache built with this reranker is valid for (retrieval.rerank.token_cache):
+        its name, plus its weights' digest where the name does not pin them."""
+        return self.name
 
     @abc.abstractmethod
     def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -179,11 +179,19 @@ class FusionReranker(Reranker):
         from retrieval.encoders import load_encoder
         from retrieval.training.itm_features import tapped_feature_maps
 
+        self.folder = Path(folder)
         self.model, self.meta = load_fusion(folder, device)
         self.name, self.device, self.weight = name, device, check_weight(self.meta["weight"])
         self.encoder = encoder if encoder is not None else load_encoder(self.meta.get("base", "retr:default"), device)
         self.preprocess = self.encoder.preprocess
         self._tap = tapped_feature_maps
+
+    def cache_key(self) -> str:
+        from indexing.manifest import file_sha256
+
+        if not hasattr(self, "_key"):
+            self._key = f"{self.name}@{file_sha256(self.folder / WEIGHTS)[:16]}"
+        return self._key
 
     @torch.inference_mode()
     def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,16 @@ class BlipReranker(Reranker):
         self.preprocess, self.device, self.weight = preprocess, device, weight
         self.max_length = model.config.text_config.max_position_embeddings
 
+    def cache_key(self) -> str:
+        """The name and a digest of the folder's weight files (a token cache must match the vision model)."""
+        from indexing.manifest import file_sha256
+
+        if not hasattr(self, "_key"):
+            folder = Path(self.name.partition(":")[2]).expanduser()
+            files = sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin"))
+            self._key = f"{self.name}@" + ",".join(file_sha256(p)[:16] for p in files)
+        return self._key
+
     def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.vision_model(pixel_values=pixels.to(self.device, torch.float32)).last_hidden_state
 

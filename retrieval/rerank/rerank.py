@@ -10,7 +10,8 @@ image could not be read: such a hit is scored as ITM 0 and stays in the reranked
 
 Candidate images are read from the item's own file (or webdataset member) through the indexer's
 safe decoder, never fetched from a URL, and each query's K images go through the image side in one
-forward pass. There is no token cache yet: `image_tokens` is recomputed for every query.
+forward pass, unless the index holds a token cache for the reranker (retrieval.rerank.token_cache):
+then the cached candidates' tokens are read instead and only the others are decoded.
 """
 
 from __future__ import annotations
@@ -64,22 +65,32 @@ def load_item_image(path: str) -> Image.Image | None:
         return None
 
 
-def _tokens(reranker: Reranker, rows: np.ndarray, load_image: Callable[[int], Image.Image | None]):
-    """Patch tokens of the readable candidates, one forward pass: (tokens or None, row -> position)."""
-    pixels, where = [], {}
+def _tokens(reranker: Reranker, rows: np.ndarray, load_image: Callable[[int], Image.Image | None],
+            cached: Callable[[int], torch.Tensor | None] | None = None):
+    """Patch tokens of the readable candidates: (tokens or None, row -> position). Rows with cached
+    tokens are not read; the others go through the image side in one forward pass."""
+    have, pixels, read = {}, [], []
     for r in rows.tolist():
+        tokens = cached(r) if cached is not None else None
+        if tokens is not None:
+            have[r] = tokens
+            continue
         image = load_image(r)
         if image is not None:
-            where[r] = len(pixels)
+            read.append(r)
             pixels.append(reranker.preprocess(image))
-    if not pixels:
-        return None, where
-    return reranker.image_tokens(torch.stack(pixels).to(reranker.device)), where
+    parts = list(have.values())
+    if pixels:
+        parts += list(reranker.image_tokens(torch.stack(pixels).to(reranker.device)).float())
+    if not parts:
+        return None, {}
+    where = {r: i for i, r in enumerate([*have, *read])}
+    return torch.stack([t.float().to(reranker.device) for t in parts]), where
 
 
 def itm_matrix(
     reranker: Reranker, texts: Sequence[str], candidates: np.ndarray,
-    load_image: Callable[[int], Image.Image | None],
+    load_image: Callable[[int], Image.Image | None], cached: Callable[[int], torch.Tensor | None] | None = None,
 ) -> np.ndarray:
     """(Q, K) P(match) of texts[q] against gallery rows candidates[q]; NaN where the image is unreadable.
 
@@ -93,7 +104,7 @@ def itm_matrix(
     with torch.inference_mode():
         for start in range(0, len(texts), per_block):
             block = candidates[start:start + per_block]
-            tokens, where = _tokens(reranker, np.unique(block), load_image)
+            tokens, where = _tokens(reranker, np.unique(block), load_image, cached)
             for q, rows in enumerate(block, start):
                 cols = [j for j, r in enumerate(rows.tolist()) if r in where]
                 if cols:
@@ -111,12 +122,17 @@ def reranked_order(itc: np.ndarray, itm: np.ndarray, weight: float) -> tuple[np.
 def rerank_hits(
     hits: Sequence[Hit], text: str, reranker: Reranker, k: int, *, weight: float | None = None,
     image_loader: Callable[[str], Image.Image | None] = load_item_image,
+    cached_tokens: Callable[[np.ndarray], dict[int, torch.Tensor]] | None = None,
 ) -> list[Hit]:
-    """The same hits, the top k re-scored and re-ordered above the rest (see the module docstring)."""
+    """The same hits, the top k re-scored and re-ordered above the rest (see the module docstring).
+    `cached_tokens(ids)` gives stored patch tokens by item id (an index's TokenCache); hits it lacks
+    are read from their files."""
     top, rest = list(hits[:check_rerank(k)]), list(hits[k:])
     if not top:
         return list(hits)
-    itm = itm_matrix(reranker, [text], np.arange(len(top))[None], lambda i: image_loader(top[i].path))[0]
+    stored = cached_tokens(np.asarray([h.id for h in top], np.int64)) if cached_tokens is not None else {}
+    itm = itm_matrix(reranker, [text], np.arange(len(top))[None], lambda i: image_loader(top[i].path),
+                     (lambda i: stored.get(top[i].id)) if stored else None)[0]
     itc = np.asarray([h.score if h.itc is None else h.itc for h in top], np.float64)  # reranked twice: the cosine
     order, final = reranked_order(itc, itm, reranker.weight if weight is None else weight)
     scored = [replace(top[i], score=float(final[i]), itc=float(itc[i]),
@@ -125,9 +141,11 @@ def rerank_hits(
 
 
 def rerank_result(
-    result: SearchResult, reranker: Reranker, *, rerank: int, k: int, weight: float | None = None
+    result: SearchResult, reranker: Reranker, *, rerank: int, k: int, weight: float | None = None,
+    cached_tokens: Callable[[np.ndarray], dict[int, torch.Tensor]] | None = None,
 ) -> SearchResult:
     """A text query's result (fetched with shortlist_size(k, rerank) hits) reranked, then cut to k."""
     check_rerank_request([result.query], target="image", rerank=rerank)
-    hits = rerank_hits(result.results, result.query.text, reranker, rerank, weight=weight) if rerank else result.results
+    hits = (rerank_hits(result.results, result.query.text, reranker, rerank, weight=weight,
+                        cached_tokens=cached_tokens) if rerank else result.results)
     return replace(result, results=list(hits[:k]))
