@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from indexing.row_blocks import read_rows
+
 # Queries re-scored per block: their candidates' vectors are gathered at once (64 x 640 x 512 float32
 # = 80 MiB at factor 64, k 10, d 512).
 QUERY_BLOCK = 64
@@ -81,7 +83,7 @@ def rows_lookup(xb: np.ndarray, ids: np.ndarray) -> VectorsOf:
         rows = order[at]
         sort = np.argsort(rows)  # ascending reads from a mapped file
         out = np.empty((len(rows), xb.shape[1]), np.float32)
-        out[sort] = xb[rows[sort]]
+        out[sort] = read_rows(xb, rows[sort], 0, len(rows))  # a mapped xb's pages leave the process after
         return out
 
     return vectors_of
