@@ -45,6 +45,7 @@ from indexing.manifest import (
 )
 from indexing.metadata import MetadataStore, SegmentRows, append_metadata, write_metadata
 from indexing.ondisk import build_ondisk
+from indexing.row_blocks import block_bounds, is_mapped, read_rows
 from indexing.sources import Item
 from indexing.store import (
     read_job,
@@ -55,6 +56,12 @@ from indexing.store import (
 )
 from indexing.tune import apply_search_param, exact_knn, recall_at_k, tune_search_params, tune_stored_rerank
 from retrieval.encoders.base import Encoder
+
+# A segment whose float32 vectors would take more than this share of --max-memory is spilled to
+# scratch files and read block by block (_Segment.read); blocks of this many rows are added at a time.
+SPILL_SHARE = 0.5
+ADD_BLOCK_ROWS = 100_000
+SCRATCH = {"image": ".build-image.f32.npy", "text": ".build-text.f32.npy"}
 
 # Who embeds a segment: called like `embed_items` (items, folder, encoder, embed config, start_id=, start_cid=,
 # progress=) and returns its EmbedSummary. `embed_items` runs here; indexing.distributed.ray_embed.RayEmbedRunner
@@ -97,10 +104,12 @@ def _segment_name(i: int) -> str:
     return f"seg-{i:03d}"
 
 
-def _query_sample(xq_pool: np.ndarray, n: int, seed: int) -> np.ndarray:
+def _query_sample(xq_pool: np.ndarray, n: int, seed: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """n rows drawn from xq_pool (from xq_pool[rows] when given; only the drawn rows are read)."""
     rng = np.random.default_rng(seed)
-    take = rng.choice(len(xq_pool), size=min(n, len(xq_pool)), replace=False)
-    return np.ascontiguousarray(xq_pool[np.sort(take)], dtype=np.float32)
+    size = len(xq_pool) if rows is None else len(rows)
+    take = np.sort(rng.choice(size, size=min(n, size), replace=False))
+    return np.ascontiguousarray(xq_pool[take if rows is None else rows[take]], dtype=np.float32)
 
 
 def _search_merged(
@@ -233,6 +242,14 @@ def _write_shard(
         shard = build_ondisk(trained, xb, ids, path, rows=rows)
         lists = lists_path(path)
         lists_info = {"lists": f"shards/{lists.name}", "lists_sha256": file_sha256(lists)}
+    elif is_mapped(xb) and kind != "hnsw" and device == "cpu":
+        # vectors spilled to disk (a segment larger than the budget): add them a block at a time; an IVF
+        # or flat index assigns each vector on its own, so this is the index one call would give
+        shard = add_to_clone(trained, read_rows(xb, rows, 0, min(ADD_BLOCK_ROWS, len(ids))), ids[:ADD_BLOCK_ROWS])
+        for lo, hi in block_bounds(len(ids), ADD_BLOCK_ROWS)[1:]:
+            shard.add_with_ids(read_rows(xb, rows, lo, hi), np.ascontiguousarray(ids[lo:hi], np.int64))
+        write_index_atomic(shard, path)
+        lists_info = {}
     else:
         shard = add_to_clone(trained, np.ascontiguousarray(xb if rows is None else xb[rows]), ids, device=device)
         write_index_atomic(shard, path)
@@ -258,17 +275,29 @@ class _Segment:
     xt: np.ndarray
 
     @staticmethod
-    def read(folder: Path) -> _Segment:
-        captions, xt = read_segment_captions(folder)
-        return _Segment(read_segment_meta(folder), read_segment_vectors(folder, "image"), captions, xt)
+    def read(folder: Path, max_memory_bytes: int) -> _Segment:
+        """Vectors whose float32 copy would take more than SPILL_SHARE of the budget are written to
+        scratch files in `folder` and memory-mapped (store.read_segment_vectors), so the build reads
+        them block by block; `remove_scratch` deletes those files once the index is written."""
+        meta = read_segment_meta(folder)
+        dim = int((read_job(folder) or {}).get("dim", 0))
+        spill = meta.num_rows * dim * 4 > SPILL_SHARE * max_memory_bytes
+        captions, xt = read_segment_captions(folder, spill=folder / SCRATCH["text"] if spill else None)
+        xb = read_segment_vectors(folder, "image", spill=folder / SCRATCH["image"] if spill else None)
+        return _Segment(meta, xb, captions, xt)
+
+    @staticmethod
+    def remove_scratch(folder: Path) -> None:
+        for name in SCRATCH.values():
+            (folder / name).unlink(missing_ok=True)
 
     def rows(self, name: str) -> SegmentRows:
         return SegmentRows(name, self.meta, self.captions)
 
-    def captioned_images(self) -> np.ndarray:
-        """Image vectors of the items that have a caption (the image→text tuning queries)."""
+    def captioned_rows(self) -> np.ndarray:
+        """Rows of xb whose items have a caption (the image→text tuning queries come from them)."""
         ids = self.meta.column("id").to_numpy()
-        return self.xb[np.flatnonzero(np.isin(ids, self.captions.column("id").to_numpy()))]
+        return np.flatnonzero(np.isin(ids, self.captions.column("id").to_numpy()))
 
 
 def _collections(index_dir: Path, seg: _Segment, config: IndexConfig) -> tuple[VectorIndexInfo, VectorIndexInfo | None]:
@@ -284,7 +313,7 @@ def _collections(index_dir: Path, seg: _Segment, config: IndexConfig) -> tuple[V
     if seg.captions.num_rows:
         cids = seg.captions.column("cid").to_numpy().astype(np.int64)
         groups = _shard_groups(seg.captions.column("chunk").to_numpy(), config.shards)
-        xq = _query_sample(seg.captioned_images(), config.n_queries, 2)  # image→text queries
+        xq = _query_sample(seg.xb, config.n_queries, 2, seg.captioned_rows())  # image→text queries
         text = build_collection("text", index_dir, seg.xt, cids, groups, xq, config)
     return image, text
 
@@ -325,10 +354,13 @@ def _build_locked(
     t0 = time.perf_counter()
     seg_dir = index_dir / "embeddings" / _segment_name(0)
     summary = runner(items, seg_dir, encoder, config.embed, start_id=0, start_cid=0, progress=progress)
-    seg = _Segment.read(seg_dir)
-    if seg.meta.num_rows == 0:
-        raise ValueError(f"none of the {len(items)} items could be decoded; see {seg_dir} rejects")
-    image, text = _collections(index_dir, seg, config)
+    seg = _Segment.read(seg_dir, config.max_memory_bytes)
+    try:
+        if seg.meta.num_rows == 0:
+            raise ValueError(f"none of the {len(items)} items could be decoded; see {seg_dir} rejects")
+        image, text = _collections(index_dir, seg, config)
+    finally:
+        _Segment.remove_scratch(seg_dir)
     write_metadata(index_dir / "metadata.duckdb", [seg.rows(_segment_name(0))])
     rejects = read_segment_rejects(seg_dir)
     write_parquet(index_dir / "rejects.parquet", rejects)
@@ -367,6 +399,22 @@ def _add_shard(
     path = index_dir / "shards" / f"{name}-{len(info.shards):03d}.faiss"
     _, shard = _write_shard(info.kind, trained, xb, None, ids, path, device)
     return with_shards(info, (shard,))
+
+
+def _add_collections(
+    index_dir: Path, seg: _Segment, image: VectorIndexInfo, text: VectorIndexInfo | None, config: IndexConfig
+) -> tuple[VectorIndexInfo, VectorIndexInfo | None]:
+    """The collections with a new segment's vectors added as new shards (a caption collection built if
+    the index had none)."""
+    ids = seg.meta.column("id").to_numpy().astype(np.int64)
+    image = _add_shard(index_dir, image, "image", seg.xb, ids, config.device)
+    cids = seg.captions.column("cid").to_numpy().astype(np.int64)
+    if len(cids) and text is not None:
+        text = _add_shard(index_dir, text, "text", seg.xt, cids, config.device)
+    elif len(cids):
+        xq = _query_sample(seg.xb, config.n_queries, 2, seg.captioned_rows())
+        text = build_collection("text", index_dir, seg.xt, cids, [np.arange(len(cids))], xq, config)
+    return image, text
 
 
 def add_to_index(
@@ -410,17 +458,13 @@ def _add_locked(
     summary = embed_items(
         new_items, seg_dir, encoder, config.embed, start_id=manifest.next_id, start_cid=start_cid, progress=progress
     )
-    seg = _Segment.read(seg_dir)
+    seg = _Segment.read(seg_dir, config.max_memory_bytes)
     image, text = manifest.image, manifest.text
     if seg.meta.num_rows:
-        ids = seg.meta.column("id").to_numpy().astype(np.int64)
-        image = _add_shard(index_dir, image, "image", seg.xb, ids, config.device)
-        cids = seg.captions.column("cid").to_numpy().astype(np.int64)
-        if len(cids) and text is not None:
-            text = _add_shard(index_dir, text, "text", seg.xt, cids, config.device)
-        elif len(cids):
-            xq = _query_sample(seg.captioned_images(), config.n_queries, 2)
-            text = build_collection("text", index_dir, seg.xt, cids, [np.arange(len(cids))], xq, config)
+        try:
+            image, text = _add_collections(index_dir, seg, image, text, config)
+        finally:
+            _Segment.remove_scratch(seg_dir)
         append_metadata(index_dir / "metadata.duckdb", seg.rows(name))
     rejects = pa.concat_tables([read_segment_rejects(index_dir / "embeddings" / s) for s in (*manifest.segments, name)])
     write_parquet(index_dir / "rejects.parquet", rejects)

@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from indexing.row_blocks import release_mapped_rows
+
 REJECT_SCHEMA = pa.schema(
     [("path", pa.string()), ("reason", pa.string()), ("message", pa.string()), ("sha256", pa.string())]
 )
@@ -120,16 +122,36 @@ def read_segment_rejects(folder: Path) -> pa.Table:
     return pa.concat_tables(tables) if tables else REJECT_SCHEMA.empty_table()
 
 
-def read_segment_vectors(folder: Path, kind: str = "image") -> np.ndarray:
+def read_segment_vectors(folder: Path, kind: str = "image", *, spill: Path | None = None) -> np.ndarray:
     """All vectors of a segment as float32 (kind "image": in metadata row order; "text": in
-    read_segment_captions order)."""
+    read_segment_captions order). With `spill`, they are written chunk by chunk into that .npy file
+    and returned memory-mapped (read-only) instead of held in RAM: the build of a segment larger
+    than memory (indexing.build) reads them block by block from there."""
     if kind == "text":
-        return read_segment_captions(folder)[1]
+        return read_segment_captions(folder, spill=spill)[1]
     arrays = [np.load(chunk_paths(folder, c).image, mmap_mode="r") for c in complete_chunks(folder)]
     if not arrays:
         job = read_job(folder) or {}
         return np.zeros((0, int(job.get("dim", 0))), np.float32)
+    if spill is not None:
+        return _spill(spill, arrays, [None] * len(arrays))
     return np.concatenate(arrays).astype(np.float32, copy=False)
+
+
+def _spill(path: Path, arrays: Sequence[np.ndarray], rows: Sequence[np.ndarray | None]) -> np.ndarray:
+    """arrays[i][rows[i]] (all rows when None), concatenated as float32 into the .npy at `path`, mapped
+    read-only. One chunk is in RAM at a time, and its pages leave the process once written."""
+    n = sum(len(a) if r is None else len(r) for a, r in zip(arrays, rows, strict=True))
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, arrays[0].shape[1]))
+    at = 0
+    for a, r in zip(arrays, rows, strict=True):
+        block = np.asarray(a if r is None else a[r], np.float32)
+        out[at:at + len(block)] = block
+        release_mapped_rows(out, at, at + len(block))
+        at += len(block)
+    out.flush()
+    del out
+    return np.load(path, mmap_mode="r")
 
 
 def chunk_captions(folder: Path, chunk: int) -> pa.Table:
@@ -143,18 +165,23 @@ def chunk_captions(folder: Path, chunk: int) -> pa.Table:
     return table.set_column(3, "row", pa.array([r["row"] for r in rows], pa.int32()))
 
 
-def read_segment_captions(folder: Path) -> tuple[pa.Table, np.ndarray]:
-    """Every caption of a segment (cid, id, caption, row, chunk) and its vector, float32, row-aligned."""
-    tables, arrays = [], []
+def read_segment_captions(folder: Path, *, spill: Path | None = None) -> tuple[pa.Table, np.ndarray]:
+    """Every caption of a segment (cid, id, caption, row, chunk) and its vector, float32, row-aligned
+    (memory-mapped from the .npy at `spill` when given: see read_segment_vectors)."""
+    tables, maps, rows = [], [], []
     for c in complete_chunks(folder):
         t = chunk_captions(folder, c)
-        vecs = np.load(chunk_paths(folder, c).text, mmap_mode="r")
-        arrays.append(np.asarray(vecs[t.column("row").to_numpy()], np.float32))
+        maps.append(np.load(chunk_paths(folder, c).text, mmap_mode="r"))
+        rows.append(t.column("row").to_numpy())
         tables.append(t.append_column("chunk", pa.array([c] * t.num_rows, pa.int64())))
-    if not tables:
+    if not tables or sum(len(r) for r in rows) == 0:
         dim = int((read_job(folder) or {}).get("dim", 0))
-        return CAPTION_SCHEMA.append(pa.field("chunk", pa.int64())).empty_table(), np.zeros((0, dim), np.float32)
-    return pa.concat_tables(tables), np.concatenate(arrays)
+        empty = CAPTION_SCHEMA.append(pa.field("chunk", pa.int64())).empty_table()
+        return (pa.concat_tables(tables) if tables else empty), np.zeros((0, dim), np.float32)
+    if spill is not None:
+        return pa.concat_tables(tables), _spill(spill, maps, rows)
+    vectors = np.concatenate([np.asarray(m[r], np.float32) for m, r in zip(maps, rows, strict=True)])
+    return pa.concat_tables(tables), vectors
 
 
 def chunk_vectors(folder: Path, chunk: int, kind: str = "image") -> np.ndarray:
