@@ -159,7 +159,7 @@ def index_build(
             say(f"rebuilding {out}: {why}")
             shutil.rmtree(out)
         reranker = _load_reranker(rerank_cache, device) if rerank_cache else None  # a bad spec fails before embedding
-        runner = {"runner": _ray_runner(ray_address, model, device)} if ray or ray_address else {}
+        runner = _ray_runners(ray_address, model, device) if ray or ray_address else {}
         report = build_mod.build_index(items, out, encoder, config, source=source, progress=not quiet, **runner)
     except (ValueError, FileNotFoundError) as e:
         raise fail(str(e)) from e
@@ -168,12 +168,15 @@ def index_build(
         _cache_tokens(out, reranker, quiet)
 
 
-def _ray_runner(address: str | None, model: str, device: str):
+def _ray_runners(address: str | None, model: str, device: str) -> dict:
+    """build_index's `runner` (embedding on Ray actors) and `shard_writer` (shards as Ray tasks)."""
     from indexing.distributed.ray_embed import RayConfig, RayEmbedRunner, import_ray, registry_encoder
+    from indexing.distributed.ray_shards import RayShardWriter
 
     import_ray()  # the install hint now, before any work
     ray_config = RayConfig(address=address, gpus_per_actor=1.0 if device.startswith("cuda") else 0.0)
-    return RayEmbedRunner(registry_encoder(model, device), ray_config)
+    return {"runner": RayEmbedRunner(registry_encoder(model, device), ray_config),
+            "shard_writer": RayShardWriter(RayConfig(address=address))}
 
 
 @index_app.command("add")

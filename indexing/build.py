@@ -63,6 +63,36 @@ SPILL_SHARE = 0.5
 ADD_BLOCK_ROWS = 100_000
 SCRATCH = {"image": ".build-image.f32.npy", "text": ".build-text.f32.npy"}
 
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard to write from a trained index: what `write_shard` needs, as paths and row numbers, so
+    a worker elsewhere (indexing.distributed.ray_shards) can run it."""
+
+    kind: str
+    trained: Path  # the empty trained index file every shard is cloned from
+    rows: np.ndarray  # rows of the collection's vectors
+    ids: np.ndarray  # their ids
+    path: Path  # the shard file to write
+    device: str
+
+
+# Who writes a collection's shards: given (jobs, the collection's vectors) -> their ShardInfo, in order.
+# Shards are independent once the quantizer is trained: `write_shards` runs them here, one by one;
+# indexing.distributed.ray_shards.RayShardWriter runs them as Ray tasks.
+ShardWriter = Callable[[Sequence[ShardJob], np.ndarray], list[ShardInfo]]
+
+
+def write_shards(jobs: Sequence[ShardJob], xb: np.ndarray) -> list[ShardInfo]:
+    """Each job's shard, in this process."""
+    trained: dict[Path, faiss.Index] = {}
+    infos = []
+    for job in jobs:
+        if job.trained not in trained:
+            trained[job.trained] = read_index(job.trained)
+        infos.append(write_shard(job.kind, trained[job.trained], xb, job.rows, job.ids, job.path, job.device)[1])
+    return infos
+
+
 # Who embeds a segment: called like `embed_items` (items, folder, encoder, embed config, start_id=, start_cid=,
 # progress=) and returns its EmbedSummary. `embed_items` runs here; indexing.distributed.ray_embed.RayEmbedRunner
 # hands the same chunk calls to Ray actors. Everything after embedding is the same for both.
@@ -179,10 +209,12 @@ def build_collection(
     groups: Sequence[np.ndarray],
     xq: np.ndarray,
     config: IndexConfig,
+    shard_writer: ShardWriter | None = None,
 ) -> VectorIndexInfo:
     """Train one empty index on a sample, clone it per shard, tune its search parameter.
 
-    xb may be memory-mapped: an on-disk plan reads it block by block (indexing.ondisk)."""
+    xb may be memory-mapped: an on-disk plan reads it block by block (indexing.ondisk). Shards are
+    written by `shard_writer` (default: here, one by one) and read back for tuning."""
     n, dim = xb.shape
     plan = _choose_plan(n, dim, config)
     # train_empty samples plan.train_size rows itself; untrained kinds only need a few rows for dim.
@@ -192,11 +224,17 @@ def build_collection(
     trained_file = f"shards/{name}-trained.faiss"
     write_index_atomic(trained, index_dir / trained_file)
     shards, infos = [], []
-    for i, rows in enumerate(groups):
-        shard, info = _write_shard(plan.kind, trained, xb, rows, ids[rows], shard_dir / f"{name}-{i:03d}.faiss",
-                                   config.device)
-        shards.append(shard)
-        infos.append(info)
+    if shard_writer is None or len(groups) == 1:
+        for i, rows in enumerate(groups):
+            shard, info = write_shard(plan.kind, trained, xb, rows, ids[rows], shard_dir / f"{name}-{i:03d}.faiss",
+                                      config.device)
+            shards.append(shard)
+            infos.append(info)
+    else:
+        jobs = [ShardJob(plan.kind, index_dir / trained_file, rows, ids[rows], shard_dir / f"{name}-{i:03d}.faiss",
+                         config.device) for i, rows in enumerate(groups)]
+        infos = shard_writer(jobs, xb)
+        shards = [read_index(index_dir / info.file) for info in infos]
     k = min(config.recall_k, n)
     _, gt = exact_knn(xb, xq, k)
     gt_ids = ids[gt]
@@ -232,7 +270,7 @@ def _choose_plan(n: int, dim: int, config: IndexConfig) -> IndexPlan:
                      f"{', '.join(dict.fromkeys(p.kind for p in plans))}")
 
 
-def _write_shard(
+def write_shard(
     kind: str, trained: faiss.Index, xb: np.ndarray, rows: np.ndarray | None, ids: np.ndarray, path: Path, device: str
 ) -> tuple[faiss.Index, ShardInfo]:
     """xb[rows] (all of xb when rows is None) under `ids` in a clone of `trained`, written to `path`:
@@ -300,21 +338,23 @@ class _Segment:
         return np.flatnonzero(np.isin(ids, self.captions.column("id").to_numpy()))
 
 
-def _collections(index_dir: Path, seg: _Segment, config: IndexConfig) -> tuple[VectorIndexInfo, VectorIndexInfo | None]:
+def _collections(
+    index_dir: Path, seg: _Segment, config: IndexConfig, shard_writer: ShardWriter | None = None
+) -> tuple[VectorIndexInfo, VectorIndexInfo | None]:
     ids = seg.meta.column("id").to_numpy().astype(np.int64)
     chunks = seg.meta.column("chunk").to_numpy()
     # Queries that look like real use: caption vectors (text→image) when the corpus has captions.
     pool = seg.xt if len(seg.xt) else seg.xb
     image = build_collection(
         "image", index_dir, seg.xb, ids, _shard_groups(chunks, config.shards),
-        _query_sample(pool, config.n_queries, 1), config,
+        _query_sample(pool, config.n_queries, 1), config, shard_writer,
     )
     text = None
     if seg.captions.num_rows:
         cids = seg.captions.column("cid").to_numpy().astype(np.int64)
         groups = _shard_groups(seg.captions.column("chunk").to_numpy(), config.shards)
         xq = _query_sample(seg.xb, config.n_queries, 2, seg.captioned_rows())  # image→text queries
-        text = build_collection("text", index_dir, seg.xt, cids, groups, xq, config)
+        text = build_collection("text", index_dir, seg.xt, cids, groups, xq, config, shard_writer)
     return image, text
 
 
@@ -327,10 +367,12 @@ def build_index(
     source: str = "",
     progress: bool = True,
     runner: EmbedRunner = embed_items,
+    shard_writer: ShardWriter | None = None,
 ) -> BuildReport:
     """Embed `items` (resuming a killed run) and write a complete sharded index to `index_dir`.
 
-    `runner` embeds the chunks (local by default; see EmbedRunner)."""
+    `runner` embeds the chunks (local by default; see EmbedRunner); `shard_writer` writes the shards
+    of each collection from its trained quantizer (here by default; see ShardWriter)."""
     index_dir = Path(index_dir)
     if (index_dir / "index.json").exists():
         raise ValueError(f"{index_dir} already holds an index; use `retr index add` to grow it or pick another --out")
@@ -339,7 +381,7 @@ def build_index(
     with writer_lock(index_dir, action="build"):
         if (index_dir / "index.json").exists():  # a build that held the lock before us finished it
             raise ValueError(f"{index_dir} already holds an index; use `retr index add` to grow it")
-        return _build_locked(items, index_dir, encoder, config, source, progress, runner)
+        return _build_locked(items, index_dir, encoder, config, source, progress, runner, shard_writer)
 
 
 def _build_locked(
@@ -350,6 +392,7 @@ def _build_locked(
     source: str,
     progress: bool,
     runner: EmbedRunner,
+    shard_writer: ShardWriter | None = None,
 ) -> BuildReport:
     t0 = time.perf_counter()
     seg_dir = index_dir / "embeddings" / _segment_name(0)
@@ -358,7 +401,7 @@ def _build_locked(
     try:
         if seg.meta.num_rows == 0:
             raise ValueError(f"none of the {len(items)} items could be decoded; see {seg_dir} rejects")
-        image, text = _collections(index_dir, seg, config)
+        image, text = _collections(index_dir, seg, config, shard_writer)
     finally:
         _Segment.remove_scratch(seg_dir)
     write_metadata(index_dir / "metadata.duckdb", [seg.rows(_segment_name(0))])
@@ -397,7 +440,7 @@ def _add_shard(
 ) -> VectorIndexInfo:
     trained = read_index(index_dir / info.trained)
     path = index_dir / "shards" / f"{name}-{len(info.shards):03d}.faiss"
-    _, shard = _write_shard(info.kind, trained, xb, None, ids, path, device)
+    _, shard = write_shard(info.kind, trained, xb, None, ids, path, device)
     return with_shards(info, (shard,))
 
 

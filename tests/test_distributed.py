@@ -26,6 +26,7 @@ from tests.conftest import PixelEncoder, write_colour_folder
 
 ray = pytest.importorskip("ray")
 from indexing.distributed.ray_embed import RayEmbedRunner, hook_encoder  # noqa: E402
+from indexing.distributed.ray_shards import RayShardWriter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = IndexConfig(embed=EmbedConfig(batch_size=4, num_workers=0, chunk_size=8))  # 62 items -> 8 chunks
@@ -124,6 +125,30 @@ def test_ray_build_equals_local_build(ray_cluster, corpus: Path, tmp_path: Path)
         np.testing.assert_allclose([h.score for h in ha], [h.score for h in hb], atol=1e-6)
 
 
+@pytest.mark.parametrize("spilled", [False, True])
+def test_shards_written_by_ray_tasks_are_the_local_shards(ray_cluster, corpus: Path, tmp_path: Path,
+                                                          monkeypatch, spilled: bool) -> None:
+    """Shards cloned from one trained quantizer in Ray tasks: byte-identical files, the same index.json.
+    spilled: the segment's vectors are a memory-mapped scratch file, which tasks map by path."""
+    import indexing.build as build_mod
+
+    if spilled:
+        monkeypatch.setattr(build_mod, "SPILL_SHARE", 0.0)
+    items, encoder = list_items(str(corpus)), PixelEncoder()
+    config = IndexConfig(shards=3, embed=CONFIG.embed)
+    local = build_index(items, tmp_path / "local", encoder, config, progress=False)
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("a shard was written by the driver, not by a Ray task")
+
+    monkeypatch.setattr(build_mod, "write_shard", not_here)  # the tasks' processes import their own copy
+    remote = build_index(items, tmp_path / "ray", encoder, config, progress=False, shard_writer=RayShardWriter())
+    for coll in ("image", "text"):
+        a, b = getattr(local.manifest, coll), getattr(remote.manifest, coll)
+        assert len(a.shards) == 3 and a == b  # same files, sizes, sha256 (so same bytes), params, recall
+    assert not list((tmp_path / "ray").rglob(".build-*"))
+
+
 @pytest.mark.slow
 def test_actor_killed_mid_run_still_every_item_once(ray_cluster, corpus: Path, tmp_path: Path) -> None:
     marker = tmp_path / "killed.pid"
@@ -166,8 +191,8 @@ def test_cli_ray_option_reaches_the_runner(monkeypatch, corpus: Path, tmp_path: 
 
     seen = {}
 
-    def fake_build(items, out, encoder, config, *, source, progress, runner=None):
-        seen["runner"] = runner
+    def fake_build(items, out, encoder, config, *, source, progress, runner=None, shard_writer=None):
+        seen["runner"], seen["shard_writer"] = runner, shard_writer
         raise ValueError("stop here")
 
     monkeypatch.setattr(cli.build_mod, "build_index", fake_build)
@@ -175,9 +200,10 @@ def test_cli_ray_option_reaches_the_runner(monkeypatch, corpus: Path, tmp_path: 
     res = CliRunner().invoke(cli.app, ["index", "build", str(corpus), "--out", str(tmp_path / "o"), "--quiet", *argv])
     assert res.exit_code == 2 and "stop here" in res.output
     if address == "off":
-        assert seen["runner"] is None
+        assert seen["runner"] is None and seen["shard_writer"] is None
     else:
         assert isinstance(seen["runner"], RayEmbedRunner) and seen["runner"].ray_config.address == address
+        assert isinstance(seen["shard_writer"], RayShardWriter) and seen["shard_writer"].rc.address == address
 
 
 def test_cli_ray_without_ray_installed_says_how_to_install(monkeypatch, corpus: Path, tmp_path: Path) -> None:
