@@ -6,6 +6,7 @@ This module holds the root app and `retr index`; each other group has its own mo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -160,12 +161,19 @@ def index_build(
             shutil.rmtree(out)
         reranker = _load_reranker(rerank_cache, device) if rerank_cache else None  # a bad spec fails before embedding
         runner = _ray_runners(ray_address, model, device) if ray or ray_address else {}
-        report = build_mod.build_index(items, out, encoder, config, source=source, progress=not quiet, **runner)
+        with _ray_cluster(ray_address) if runner else contextlib.nullcontext():  # one cluster for embed + shards
+            report = build_mod.build_index(items, out, encoder, config, source=source, progress=not quiet, **runner)
     except (ValueError, FileNotFoundError) as e:
         raise fail(str(e)) from e
     _report(report, "built")
     if reranker is not None:
         _cache_tokens(out, reranker, quiet)
+
+
+def _ray_cluster(address: str | None):
+    from indexing.distributed.ray_embed import RayConfig, ray_session
+
+    return ray_session(RayConfig(address=address))
 
 
 def _ray_runners(address: str | None, model: str, device: str) -> dict:

@@ -7,6 +7,7 @@ rerun, and an actor process killed mid-chunk (Ray restarts it and resubmits its 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -197,7 +198,10 @@ def test_cli_ray_option_reaches_the_runner(monkeypatch, corpus: Path, tmp_path: 
 
     monkeypatch.setattr(cli.build_mod, "build_index", fake_build)
     monkeypatch.setattr(cli, "_load_encoder", lambda spec, device: PixelEncoder())
+    clusters = []
+    monkeypatch.setattr(cli, "_ray_cluster", lambda address: clusters.append(address) or contextlib.nullcontext())
     res = CliRunner().invoke(cli.app, ["index", "build", str(corpus), "--out", str(tmp_path / "o"), "--quiet", *argv])
+    assert clusters == ([] if address == "off" else [address])  # one cluster for the embedding and the shards
     assert res.exit_code == 2 and "stop here" in res.output
     if address == "off":
         assert seen["runner"] is None and seen["shard_writer"] is None

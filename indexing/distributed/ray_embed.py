@@ -142,7 +142,7 @@ class RayEmbedRunner:
         if not chunks:
             return 0, 0
         tasks = chunk_tasks(items, chunks, config.chunk_size, start_id, start_cid)
-        with _ray_session(self.ray_config) as ray:
+        with ray_session(self.ray_config) as ray:
             actors = self._actors(ray, Path(folder), config, len(tasks))
             counts = _run_pool(ray, actors, tasks, on_batch, self.ray_config.in_flight)
         remove_stale_temps(Path(folder))  # what a killed actor left mid-write; every actor is gone now
@@ -208,7 +208,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> tuple[Any, boo
     return ray, True
 
 
-class _ray_session:  # noqa: N801 (a context manager used like a function)
+class ray_session:  # noqa: N801 (a context manager used like a function)
     """Connect to (or start) the cluster unless this process already did; shut down only what we started."""
 
     def __init__(self, rc: RayConfig) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from indexing.build import ShardJob, write_shards
-from indexing.distributed.ray_embed import RayConfig, _ray_session
+from indexing.distributed.ray_embed import RayConfig, ray_session
 from indexing.manifest import ShardInfo
 
 
@@ -50,7 +50,7 @@ class RayShardWriter:
 
     def __call__(self, jobs: Sequence[ShardJob], xb: np.ndarray) -> list[ShardInfo]:
         filename = getattr(xb, "filename", None)
-        with _ray_session(self.rc) as ray:
+        with ray_session(self.rc) as ray:
             task = ray.remote(num_cpus=self.rc.cpus_per_actor, max_retries=self.rc.max_task_retries)(_write_one)
             vectors = _Mapped(str(Path(filename))) if filename else ray.put(np.ascontiguousarray(xb))
             return ray.get([task.remote(job, vectors) for job in jobs])
