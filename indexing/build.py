@@ -313,13 +313,14 @@ class _Segment:
     xt: np.ndarray
 
     @staticmethod
-    def read(folder: Path, max_memory_bytes: int) -> _Segment:
+    def read(folder: Path, max_memory_bytes: int | None = None) -> _Segment:
         """Vectors whose float32 copy would take more than SPILL_SHARE of the budget are written to
         scratch files in `folder` and memory-mapped (store.read_segment_vectors), so the build reads
-        them block by block; `remove_scratch` deletes those files once the index is written."""
+        them block by block; `remove_scratch` deletes those files once the index is written. No
+        budget: all in RAM."""
         meta = read_segment_meta(folder)
         dim = int((read_job(folder) or {}).get("dim", 0))
-        spill = meta.num_rows * dim * 4 > SPILL_SHARE * max_memory_bytes
+        spill = max_memory_bytes is not None and meta.num_rows * dim * 4 > SPILL_SHARE * max_memory_bytes
         captions, xt = read_segment_captions(folder, spill=folder / SCRATCH["text"] if spill else None)
         xb = read_segment_vectors(folder, "image", spill=folder / SCRATCH["image"] if spill else None)
         return _Segment(meta, xb, captions, xt)

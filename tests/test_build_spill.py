@@ -46,7 +46,7 @@ def test_spilled_build_and_add_equal_the_in_ram_ones(tmp_path, monkeypatch):
     mapped = []
     read = build_mod._Segment.read
 
-    def spying_read(folder, max_memory_bytes):
+    def spying_read(folder, max_memory_bytes=None):
         seg = read(folder, max_memory_bytes)
         mapped.append((is_mapped(seg.xb), is_mapped(seg.xt), sorted(p.name for p in folder.glob(".build-*"))))
         return seg
