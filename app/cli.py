@@ -197,6 +197,10 @@ def index_add(
     image_column: Annotated[str, typer.Option(help="Manifest column with image paths/URLs.")] = "image",
     caption_column: Annotated[str, typer.Option(help="Manifest column with captions.")] = "caption",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="Embed the new items on Ray actors (see `index build --ray`; docs/scale.md).")] = False,
+    ray_address: Annotated[str | None, typer.Option(
+        help="Ray cluster to join (implies --ray): auto, or ray://HOST:10001.")] = None,
 ) -> None:
     """Append items of SOURCE that INDEX does not hold yet (by path), without rebuilding."""
     try:
@@ -206,7 +210,10 @@ def index_add(
         listing = resolve.resolve_source(source, ManifestColumns(image_column, caption_column), progress=not quiet)
         _notes(listing)
         encoder = _load_encoder(manifest.model, device)
-        report = build_mod.add_to_index(listing.items, index, encoder, config, progress=not quiet)
+        runner = _ray_runners(ray_address, manifest.model, device) if ray or ray_address else {}
+        runner.pop("shard_writer", None)  # an add writes one new shard per collection, on this machine
+        with _ray_cluster(ray_address) if runner else contextlib.nullcontext():
+            report = build_mod.add_to_index(listing.items, index, encoder, config, progress=not quiet, **runner)
     except (ValueError, FileNotFoundError) as e:
         raise fail(str(e)) from e
     if report.embed.n_items == 0:

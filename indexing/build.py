@@ -468,16 +468,19 @@ def add_to_index(
     config: IndexConfig = IndexConfig(),
     *,
     progress: bool = True,
+    runner: EmbedRunner = embed_items,
 ) -> BuildReport:
-    """Append items not yet indexed (by path) as a new segment + new shards; no rebuild."""
+    """Append items not yet indexed (by path) as a new segment + new shards; no rebuild. `runner`
+    embeds the new segment's chunks (local by default; RayEmbedRunner for `retr index add --ray`)."""
     index_dir = Path(index_dir)
     read_manifest(index_dir)  # a clear "not a retr index" before anything is created
     with writer_lock(index_dir, action="add to"):
-        return _add_locked(items, index_dir, encoder, config, progress)
+        return _add_locked(items, index_dir, encoder, config, progress, runner)
 
 
 def _add_locked(
-    items: Sequence[Item], index_dir: Path, encoder: Encoder, config: IndexConfig, progress: bool
+    items: Sequence[Item], index_dir: Path, encoder: Encoder, config: IndexConfig, progress: bool,
+    runner: EmbedRunner = embed_items,
 ) -> BuildReport:
     t0 = time.perf_counter()
     manifest = read_manifest(index_dir)  # read under the lock: the last writer's commit
@@ -499,7 +502,7 @@ def _add_locked(
         return BuildReport(
             manifest, EmbedSummary(0, 0, 0, 0, 0, 0.0), index_dir / "rejects.parquet", time.perf_counter() - t0
         )
-    summary = embed_items(
+    summary = runner(
         new_items, seg_dir, encoder, config.embed, start_id=manifest.next_id, start_cid=start_cid, progress=progress
     )
     seg = _Segment.read(seg_dir, config.max_memory_bytes)

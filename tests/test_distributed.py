@@ -210,6 +210,49 @@ def test_cli_ray_option_reaches_the_runner(monkeypatch, corpus: Path, tmp_path: 
         assert isinstance(seen["shard_writer"], RayShardWriter) and seen["shard_writer"].rc.address == address
 
 
+def test_ray_add_equals_local_add(ray_cluster, corpus: Path, tmp_path: Path) -> None:
+    from indexing.build import add_to_index
+
+    items, encoder = list_items(str(corpus)), PixelEncoder()
+    first, rest = items[:30], items[30:]
+    for name in ("local", "ray"):
+        build_index(first, tmp_path / name, encoder, CONFIG, progress=False)
+    local = add_to_index(rest, tmp_path / "local", encoder, CONFIG, progress=False)
+    runner = RayEmbedRunner(hook_encoder("tests.conftest:PixelEncoder"))
+    remote = add_to_index(rest, tmp_path / "ray", encoder, CONFIG, progress=False, runner=runner)
+    assert remote.embed.n_embedded == local.embed.n_embedded and remote.manifest.n_items == local.manifest.n_items
+    assert remote.manifest.image == local.manifest.image  # the same new shard files (sha256) and params
+    a = open_index(tmp_path / "local", encoder_factory=lambda spec: encoder)
+    b = open_index(tmp_path / "ray", encoder_factory=lambda spec: encoder)
+    ids = a.meta.all_ids().tolist()
+    assert b.meta.all_ids().tolist() == ids and a.meta.rows(ids) == b.meta.rows(ids)
+
+
+@pytest.mark.parametrize(("argv", "address"), [(["--ray"], None), (["--ray-address", "auto"], "auto"), ([], "off")])
+def test_cli_index_add_ray_option_reaches_the_runner(monkeypatch, corpus: Path, tmp_path: Path, argv, address):
+    from typer.testing import CliRunner
+
+    from app import cli
+
+    build_index(list_items(str(corpus))[:10], tmp_path / "idx", PixelEncoder(), CONFIG, progress=False)
+    seen, clusters = {}, []
+
+    def fake_add(items, out, encoder, config, *, progress, runner=None):
+        seen["runner"] = runner
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(cli.build_mod, "add_to_index", fake_add)
+    monkeypatch.setattr(cli, "_load_encoder", lambda spec, device: PixelEncoder())
+    monkeypatch.setattr(cli, "_ray_cluster", lambda a: clusters.append(a) or contextlib.nullcontext())
+    res = CliRunner().invoke(cli.app, ["index", "add", str(tmp_path / "idx"), str(corpus), "--quiet", *argv])
+    assert res.exit_code == 2 and "stop here" in res.output
+    if address == "off":
+        assert seen["runner"] is None and clusters == []
+    else:
+        assert isinstance(seen["runner"], RayEmbedRunner) and seen["runner"].ray_config.address == address
+        assert clusters == [address]
+
+
 def test_cli_ray_without_ray_installed_says_how_to_install(monkeypatch, corpus: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
