@@ -150,6 +150,33 @@ def test_shards_written_by_ray_tasks_are_the_local_shards(ray_cluster, corpus: P
     assert not list((tmp_path / "ray").rglob(".build-*"))
 
 
+def kill_once_then_write(job, vectors):
+    """A shard task that kills its own worker process (SIGKILL) the first time it runs for shard 001."""
+    from indexing.distributed.ray_shards import _write_one
+
+    marker = Path(str(job.path) + ".killed")
+    if job.path.name.endswith("-001.faiss") and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _write_one(job, vectors)
+
+
+class KillingShardWriter(RayShardWriter):
+    task = staticmethod(kill_once_then_write)
+
+
+@pytest.mark.slow
+def test_shard_task_killed_is_retried_with_the_same_files(ray_cluster, corpus: Path, tmp_path: Path) -> None:
+    items, encoder = list_items(str(corpus)), PixelEncoder()
+    config = IndexConfig(shards=3, embed=CONFIG.embed)
+    local = build_index(items, tmp_path / "local", encoder, config, progress=False)
+    remote = build_index(items, tmp_path / "ray", encoder, config, progress=False, shard_writer=KillingShardWriter())
+    killed = sorted(p.name for p in (tmp_path / "ray" / "shards").glob("*.killed"))
+    assert killed == ["image-001.faiss.killed", "text-001.faiss.killed"]  # each collection's shard 1 died once
+    assert remote.manifest.image == local.manifest.image and remote.manifest.text == local.manifest.text
+    assert not list((tmp_path / "ray").rglob("*.tmp"))
+
+
 @pytest.mark.slow
 def test_actor_killed_mid_run_still_every_item_once(ray_cluster, corpus: Path, tmp_path: Path) -> None:
     marker = tmp_path / "killed.pid"

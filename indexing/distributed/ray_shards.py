@@ -45,12 +45,14 @@ def _write_one(job: ShardJob, vectors: Any) -> ShardInfo:
 class RayShardWriter:
     """A `ShardWriter` (indexing.build) that writes each shard in a Ray task of `cpus_per_actor` CPUs."""
 
+    task = staticmethod(_write_one)  # what each task runs: (job, vectors) -> ShardInfo
+
     def __init__(self, ray_config: RayConfig | None = None) -> None:
         self.rc = ray_config or RayConfig()
 
     def __call__(self, jobs: Sequence[ShardJob], xb: np.ndarray) -> list[ShardInfo]:
         filename = getattr(xb, "filename", None)
         with ray_session(self.rc) as ray:
-            task = ray.remote(num_cpus=self.rc.cpus_per_actor, max_retries=self.rc.max_task_retries)(_write_one)
+            task = ray.remote(num_cpus=self.rc.cpus_per_actor, max_retries=self.rc.max_task_retries)(self.task)
             vectors = _Mapped(str(Path(filename))) if filename else ray.put(np.ascontiguousarray(xb))
             return ray.get([task.remote(job, vectors) for job in jobs])
