@@ -160,7 +160,8 @@ def index_build(
             say(f"rebuilding {out}: {why}")
             shutil.rmtree(out)
         reranker = _load_reranker(rerank_cache, device) if rerank_cache else None  # a bad spec fails before embedding
-        runner = _ray_runners(ray_address, model, device) if ray or ray_address else {}
+        ray_on = bool(ray or ray_address)
+        runner = {**_ray_runner(ray_address, model, device), **_ray_shard_writer(ray_address)} if ray_on else {}
         with _ray_cluster(ray_address) if runner else contextlib.nullcontext():  # one cluster for embed + shards
             report = build_mod.build_index(items, out, encoder, config, source=source, progress=not quiet, **runner)
     except (ValueError, FileNotFoundError) as e:
@@ -176,15 +177,21 @@ def _ray_cluster(address: str | None):
     return ray_session(RayConfig(address=address))
 
 
-def _ray_runners(address: str | None, model: str, device: str) -> dict:
-    """build_index's `runner` (embedding on Ray actors) and `shard_writer` (shards as Ray tasks)."""
+def _ray_runner(address: str | None, model: str, device: str) -> dict:
+    """build_index / add_to_index's `runner`: embedding on Ray actors."""
     from indexing.distributed.ray_embed import RayConfig, RayEmbedRunner, import_ray, registry_encoder
-    from indexing.distributed.ray_shards import RayShardWriter
 
     import_ray()  # the install hint now, before any work
     ray_config = RayConfig(address=address, gpus_per_actor=1.0 if device.startswith("cuda") else 0.0)
-    return {"runner": RayEmbedRunner(registry_encoder(model, device), ray_config),
-            "shard_writer": RayShardWriter(RayConfig(address=address))}
+    return {"runner": RayEmbedRunner(registry_encoder(model, device), ray_config)}
+
+
+def _ray_shard_writer(address: str | None) -> dict:
+    """build_index's `shard_writer`: each shard written in a Ray task."""
+    from indexing.distributed.ray_embed import RayConfig
+    from indexing.distributed.ray_shards import RayShardWriter
+
+    return {"shard_writer": RayShardWriter(RayConfig(address=address))}
 
 
 @index_app.command("add")
@@ -210,8 +217,7 @@ def index_add(
         listing = resolve.resolve_source(source, ManifestColumns(image_column, caption_column), progress=not quiet)
         _notes(listing)
         encoder = _load_encoder(manifest.model, device)
-        runner = _ray_runners(ray_address, manifest.model, device) if ray or ray_address else {}
-        runner.pop("shard_writer", None)  # an add writes one new shard per collection, on this machine
+        runner = _ray_runner(ray_address, manifest.model, device) if ray or ray_address else {}  # one new shard: here
         with _ray_cluster(ray_address) if runner else contextlib.nullcontext():
             report = build_mod.add_to_index(listing.items, index, encoder, config, progress=not quiet, **runner)
     except (ValueError, FileNotFoundError) as e:

@@ -45,7 +45,7 @@ from indexing.manifest import (
 )
 from indexing.metadata import MetadataStore, SegmentRows, append_metadata, write_metadata
 from indexing.ondisk import build_ondisk
-from indexing.row_blocks import block_bounds, is_mapped, read_rows
+from indexing.row_blocks import is_mapped, iter_blocks
 from indexing.sources import Item
 from indexing.store import (
     read_job,
@@ -283,9 +283,11 @@ def write_shard(
     elif is_mapped(xb) and kind != "hnsw" and device == "cpu":
         # vectors spilled to disk (a segment larger than the budget): add them a block at a time; an IVF
         # or flat index assigns each vector on its own, so this is the index one call would give
-        shard = add_to_clone(trained, read_rows(xb, rows, 0, min(ADD_BLOCK_ROWS, len(ids))), ids[:ADD_BLOCK_ROWS])
-        for lo, hi in block_bounds(len(ids), ADD_BLOCK_ROWS)[1:]:
-            shard.add_with_ids(read_rows(xb, rows, lo, hi), np.ascontiguousarray(ids[lo:hi], np.int64))
+        blocks = iter_blocks(xb, rows, ADD_BLOCK_ROWS)
+        lo, hi, first = next(blocks)
+        shard = add_to_clone(trained, first, ids[lo:hi])
+        for lo, hi, block in blocks:
+            shard.add_with_ids(block, np.ascontiguousarray(ids[lo:hi], np.int64))
         write_index_atomic(shard, path)
         lists_info = {}
     else:

@@ -305,8 +305,8 @@ class RetrievalIndex:
         and re-ranks them exactly against the stored vectors (indexing.exact_rerank)."""
         factor = coll.info.rerank_factor
         if not factor:
-            return coll.search(xq, k) if allowed is None else coll.search(xq, k, allowed)
-        _, I = coll.search(xq, k * factor) if allowed is None else coll.search(xq, k * factor, allowed)
+            return coll.search(xq, k, allowed)
+        _, I = coll.search(xq, k * factor, allowed)
         return rerank_exact(xq, I, lambda ids: self.stored_vectors(ids, coll.kind), k)
 
     def _exact(self, xq: np.ndarray, k: int, allowed: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:

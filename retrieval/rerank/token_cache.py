@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,29 +77,23 @@ def build_token_cache(index_dir: Path, reranker: Reranker, *, progress: bool = T
         todo = [(seg, c) for seg in manifest.segments for c in complete_chunks(index_dir / "embeddings" / seg)]
         missing = [(seg, c) for seg, c in todo if not _paths(folder, seg, c)[1].exists()]
         total = sum(pq.read_metadata(chunk_paths(index_dir / "embeddings" / s, c).meta).num_rows for s, c in missing)
-        shape = None
         with tqdm(total=total, unit="image", desc=f"rerank tokens {reranker.name}", disable=not progress) as bar:
             for seg, c in missing:
-                shape = _build_chunk(index_dir / "embeddings" / seg, c, folder, seg, reranker, bar) or shape
+                _build_chunk(index_dir / "embeddings" / seg, c, folder, seg, reranker, bar)
         items = unreadable = size = 0
+        shape = None
         for seg, c in todo:
             tokens_path, ok_path = _paths(folder, seg, c)
             ok = np.load(ok_path)
             items, unreadable = items + int(ok.sum()), unreadable + int((~ok).sum())
             size += tokens_path.stat().st_size + ok_path.stat().st_size
-            if shape is None and len(ok):
+            if shape is None and ok.any():
                 shape = list(np.load(tokens_path, mmap_mode="r").shape[1:])
         entry = {"folder": f"{CACHE_DIR}/{folder.name}", "key": key, "token_shape": shape, "dtype": "float16",
                  "items": items, "unreadable": unreadable, "bytes": size,
                  "bytes_per_item": round(size / max(1, items + unreadable))}
-        write_manifest(index_dir, _with_cache(read_manifest(index_dir), reranker.name, entry))
+        write_manifest(index_dir, replace(manifest, rerank_caches={**manifest.rerank_caches, reranker.name: entry}))
     return CacheReport(folder, items, unreadable, len(missing), size, time.perf_counter() - t0)
-
-
-def _with_cache(manifest, name: str, entry: dict):
-    from dataclasses import replace
-
-    return replace(manifest, rerank_caches={**manifest.rerank_caches, name: entry})
 
 
 def _remove_chunks(folder: Path) -> None:
@@ -107,8 +101,8 @@ def _remove_chunks(folder: Path) -> None:
         p.unlink()
 
 
-def _build_chunk(seg_dir: Path, chunk: int, folder: Path, segment: str, reranker: Reranker, bar) -> list[int] | None:
-    """One chunk's tokens, in its vector rows' order; returns the token shape (None if no image read)."""
+def _build_chunk(seg_dir: Path, chunk: int, folder: Path, segment: str, reranker: Reranker, bar) -> None:
+    """One chunk's tokens, in its vector rows' order."""
     meta = pq.read_table(chunk_paths(seg_dir, chunk).meta, columns=["path", "row"]).to_pydict()
     n = len(np.load(chunk_paths(seg_dir, chunk).image, mmap_mode="r"))
     ok = np.zeros(n, bool)
@@ -133,7 +127,6 @@ def _build_chunk(seg_dir: Path, chunk: int, folder: Path, segment: str, reranker
     tokens_path.parent.mkdir(parents=True, exist_ok=True)
     write_npy(tokens_path, tokens if tokens is not None else np.zeros((n, 0, 0), np.float16))
     write_npy(ok_path, ok)  # last: the chunk is complete
-    return list(tokens.shape[1:]) if tokens is not None else None
 
 
 class TokenCache:
