@@ -251,19 +251,21 @@ def set_params(index: faiss.Index, params: str) -> None:
         apply_search_param(index, name, int(value))
 
 
+def best_qps(index, xq: np.ndarray, k: int, threads: int, passes: int = 3) -> float:
+    """Queries/s of index.search(xq, k) on `threads` OpenMP threads: the best of `passes` timed passes."""
+    faiss.omp_set_num_threads(threads)
+    best = float("inf")
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        index.search(xq, k)
+        best = min(best, time.perf_counter() - t0)
+    return len(xq) / best
+
 def measure(name: str, path: Path, build: Build, params: str, xq: np.ndarray, gt: np.ndarray) -> Row:
     index = faiss.read_index(str(path))
     set_params(index, params)
     _, I = index.search(xq, K)
-    qps = {}
-    for nt in (1, os.cpu_count() or 1):
-        faiss.omp_set_num_threads(nt)
-        best = float("inf")
-        for _ in range(3):
-            t0 = time.perf_counter()
-            index.search(xq, K)
-            best = min(best, time.perf_counter() - t0)
-        qps[nt] = len(xq) / best
+    qps = {nt: best_qps(index, xq, K, nt) for nt in (1, os.cpu_count() or 1)}
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     size = path.stat().st_size / 2**20
     return Row(

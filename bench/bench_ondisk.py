@@ -54,7 +54,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
-from bench.bench_index import Mixture  # noqa: E402
+from bench.bench_index import Mixture, best_qps  # noqa: E402
 from indexing.atomic import atomic_path, write_json  # noqa: E402
 from indexing.build import IndexConfig, build_collection  # noqa: E402
 from indexing.choose import choose_index, parse_memory  # noqa: E402
@@ -172,16 +172,6 @@ def build_worker(data: Path, out: Path, budget: int, target: float, seed: int) -
     return result
 
 
-def _qps(index: faiss.Index | StoredRerank, xq: np.ndarray, threads: int) -> float:
-    faiss.omp_set_num_threads(threads)
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        index.search(xq, K)
-        best = min(best, time.perf_counter() - t0)
-    return len(xq) / best
-
-
 def _evict(path: str | Path) -> None:
     """Drop a file's pages from the page cache (posix_fadvise on that file only)."""
     fd = os.open(path, os.O_RDONLY)
@@ -227,7 +217,7 @@ def search_worker(data: Path, out: Path) -> dict:
         searcher = StoredRerank(index, vectors_of, factor) if factor else index
         _, I = searcher.search(xq, K)
         row = {"nprobe": nprobe, "factor": factor, "recall": recall_at_k(I, gt, K),
-               "qps_1t": _qps(searcher, xq, 1), "qps_all": _qps(searcher, xq, threads),
+               "qps_1t": best_qps(searcher, xq, K, 1), "qps_all": best_qps(searcher, xq, K, threads),
                "1by1_hot": _qps_one_by_one(searcher, xq, ()),
                "1by1_cold": _qps_one_by_one(searcher, xq, (lists, data / "xb.npy"))}
         faiss.omp_set_num_threads(threads)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +96,14 @@ def colour_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "colours"
     write_colour_folder(folder)
     return folder
+
+
+def sigkill_when(child: subprocess.Popen, ready: Callable[[], bool], timeout: float = 60.0) -> None:
+    """SIGKILL `child` as soon as `ready()` holds (the kill tests: a writer killed mid-job); fails the
+    test if the child finished first, since then nothing was interrupted."""
+    deadline = time.monotonic() + timeout
+    while not ready() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert child.poll() is None, "the child finished before it could be killed; slow it down"
+    child.send_signal(signal.SIGKILL)
+    child.wait()

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,7 @@ from indexing.curation.pipeline import read_pipeline, run_pipeline
 from indexing.curation.stages import StageSpec, run_stage
 from indexing.embed import EmbedConfig
 from indexing.sources import list_items
-from tests.conftest import COLOURS, PixelEncoder, colour_image, write_colour_folder
+from tests.conftest import COLOURS, PixelEncoder, colour_image, sigkill_when, write_colour_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 # (skimage's `cat` is `chelsea`, byte for byte: found by this stage)
@@ -254,12 +252,7 @@ def test_sigkill_mid_stage_then_rerun_gives_the_same_result(photos: Path, tmp_pa
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(photos), str(out)], cwd=ROOT,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
     seg = out / "embeddings" / "pool"
-    deadline = time.monotonic() + 60
-    while len(list(seg.glob("chunk-?????.parquet"))) < 2 and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert child.poll() is None, "the child finished before it could be killed"
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    sigkill_when(child, lambda: len(list(seg.glob("chunk-?????.parquet"))) >= 2)
     assert not (out / "curate.json").exists()
     spec = StageSpec("dedup", str(photos), out, "test:pixels", {"threshold": 0.99},
                      embed=EmbedConfig(batch_size=2, num_workers=0, chunk_size=4), progress=False)

@@ -23,7 +23,7 @@ from indexing.build import IndexConfig, build_index
 from indexing.embed import EmbedConfig
 from indexing.sources import list_items
 from retrieval.search import open_index
-from tests.conftest import PixelEncoder, write_colour_folder
+from tests.conftest import PixelEncoder, sigkill_when, write_colour_folder
 
 ray = pytest.importorskip("ray")
 from indexing.distributed.ray_embed import RayEmbedRunner, hook_encoder  # noqa: E402
@@ -193,12 +193,7 @@ def test_driver_sigkill_then_rerun_has_every_item_once(ray_cluster, corpus: Path
     out = tmp_path / "idx"
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(corpus), str(out), ray_cluster], cwd=ROOT,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + 60
-    while _committed_chunks(out) < 2 and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert child.poll() is None, "the child finished before it could be killed; slow it down"
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    sigkill_when(child, lambda: _committed_chunks(out) >= 2)
     done_before = _committed_chunks(out)
     assert 2 <= done_before < 8 and not (out / "index.json").exists()
 

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from indexing.faiss_build import add_to_clone, lists_path, read_index
 from indexing.manifest import file_sha256
 from indexing.ondisk import build_ondisk
 from indexing.tune import apply_search_param, exact_knn, recall_at_k
+from tests.conftest import sigkill_when
 
 N, D, NQ, K = 30_000, 32, 300, 10
 BLOCK = 7_000  # 5 block files, the last one short
@@ -170,12 +169,7 @@ def test_build_killed_between_block_files_reruns_complete(data, trained, tmp_pat
     block = 3_000  # 10 block files
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), str(out), str(block)], cwd=ROOT,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + 60
-    while len(list(blocks.glob("block-*.faiss"))) < 3 and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert child.poll() is None, "the child finished before it could be killed; slow it down"
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    sigkill_when(child, lambda: len(list(blocks.glob("block-*.faiss"))) >= 3)
     done = {p.name: p.stat().st_ino for p in blocks.glob("block-*.faiss")}
     assert 3 <= len(done) < 10
     assert not out.exists() and not lists_path(out).exists()  # nothing a reader could open

@@ -7,10 +7,8 @@ slowed down per batch, so the parent can kill it mid-chunk, mid-write or between
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from indexing.build import IndexConfig, build_index
 from indexing.embed import EmbedConfig
 from indexing.sources import list_items
 from retrieval.search import open_index
-from tests.conftest import PixelEncoder, write_colour_folder
+from tests.conftest import PixelEncoder, sigkill_when, write_colour_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
@@ -52,12 +50,7 @@ def test_sigkill_then_rerun_has_every_item_once(tmp_path: Path, kill_after_chunk
     out = tmp_path / "idx"
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(folder), str(out)], cwd=ROOT,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + 60
-    while _committed_chunks(out) < kill_after_chunks and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert child.poll() is None, "the child finished before it could be killed; slow it down"
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    sigkill_when(child, lambda: _committed_chunks(out) >= kill_after_chunks)
     done_before = _committed_chunks(out)
     assert kill_after_chunks <= done_before < 8
     assert not (out / "index.json").exists()
