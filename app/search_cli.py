@@ -24,13 +24,36 @@ RayAddress = Annotated[str | None, typer.Option(
     "machine, or ray://HOST:10001.")]
 
 
-def shard_opener(ray: bool, ray_address: str | None):
-    """The `shards=` opener --ray / --ray-address ask for; None: shards in this process."""
+SearchDevice = Annotated[str, typer.Option(
+    help="cpu, or cuda: the model on the GPU and the shards faiss can search there (IVF, Flat; needs "
+    "`pip install 'retr[gpu]'`, docs/scale.md).")]
+
+
+def shard_opener(ray: bool, ray_address: str | None, device: str = "cpu"):
+    """The `shards=` opener --ray / --ray-address / --device cuda ask for; None: shards in this process."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda":
+        if ray or ray_address:
+            raise ValueError("--device cuda holds the shards on this machine's GPU; Ray actors search on their "
+                             "CPUs: use one or the other")
+        from retrieval.gpu_shards import gpu_shards
+
+        return gpu_shards()
     if not (ray or ray_address):
         return None
     from retrieval.distributed_search import RaySearchConfig, ray_shards
 
     return ray_shards(RaySearchConfig(address=ray_address))
+
+
+def encoder_on(device: str):
+    """The `encoder_factory=` for --device: None (the default, the CPU) or one loading the model there."""
+    if device == "cpu":
+        return None
+    from retrieval.encoders import load_encoder
+
+    return lambda spec: load_encoder(spec, device=device)
 
 
 @dataclass(frozen=True)
@@ -126,6 +149,7 @@ def search(
         help="Reranker spec for --rerank: hf:DIR (a BLIP ITM checkpoint) or retr:itm.")] = None,
     ray: RayFlag = False,
     ray_address: RayAddress = None,
+    device: SearchDevice = "cpu",
 ) -> None:
     """Search INDEX by text, image or indexed image id."""
     try:
@@ -138,9 +162,10 @@ def search(
             lines = [_QueryLine(1, query)]
         if rerank and reranker is None:
             raise ValueError("--rerank needs --reranker SPEC (hf:DIR holding a BLIP ITM checkpoint, or retr:itm)")
-        # reranking and Ray options reach the library only when given: a plain search is the call it always was
-        shards = shard_opener(ray, ray_address)
-        idx = search_mod.open_index(index, **({"reranker": reranker} if reranker else {}),
+        # reranking, Ray and GPU options reach the library only when given: a plain search is the call it always was
+        shards, on_device = shard_opener(ray, ray_address, device), encoder_on(device)
+        idx = search_mod.open_index(index, *([on_device] if on_device else []),
+                                    **({"reranker": reranker} if reranker else {}),
                                     **({"shards": shards} if shards else {}))
         try:
             kw = {"k": k, "where": where, "target": target, **({"rerank": rerank} if rerank else {})}

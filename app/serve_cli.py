@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from app.console import fail, say
-from app.search_cli import RayAddress, RayFlag, shard_opener
+from app.search_cli import RayAddress, RayFlag, SearchDevice, encoder_on, shard_opener
 
 
 def parse_index_args(indexes: list[str]) -> list[tuple[str, Path]]:
@@ -40,6 +40,7 @@ def serve(
         help="Reranker spec (hf:DIR, retr:itm) for requests with \"rerank\": K; without it they get a 400.")] = None,
     ray: RayFlag = False,
     ray_address: RayAddress = None,
+    device: SearchDevice = "cpu",
 ) -> None:
     """Serve INDEXES over HTTP (FastAPI): /search, /items, /metrics, clip-back's /knn-service. Set
     RETR_API_TOKEN to require `Authorization: Bearer TOKEN`."""
@@ -54,8 +55,8 @@ def serve(
         raise fail(f"retr serve needs the api extra: pip install -e '.[api]' ({e})") from e
     try:
         config = ServiceConfig(batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms)
-        shards = shard_opener(ray, ray_address)
-        services = [IndexService(path, name=name, config=config, shards=shards)
+        shards = shard_opener(ray, ray_address, device)
+        services = [IndexService(path, name=name, config=config, shards=shards, encoder_factory=encoder_on(device))
                     for name, path in parse_index_args(indexes)]
         for s in services:
             _ = s.index.encoder  # load the model now: the first query pays nothing
@@ -66,7 +67,7 @@ def serve(
         raise fail(str(e)) from e
     say(("serving", "green"), f" {', '.join(s.name for s in services)} on http://{host}:{port} "
         f"(docs: /docs{'; token required' if settings.token else ''}{f'; reranker {reranker}' if reranker else ''}"
-        f"{'; shards on Ray actors' if shards else ''})")
+        f"{'; on the GPU' if device == 'cuda' else '; shards on Ray actors' if shards else ''})")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
