@@ -21,6 +21,7 @@ from app.console import fail, say
 from app.curate_cli import curate_app
 from app.data_cli import data_app
 from app.models_cli import DEFAULT_MODEL, Device, models_app
+from app.ray_options import ray_cluster, ray_embed_runner, ray_shard_writer
 from indexing import build as build_mod
 from indexing import resolve
 from indexing.choose import parse_memory
@@ -161,37 +162,14 @@ def index_build(
             shutil.rmtree(out)
         reranker = _load_reranker(rerank_cache, device) if rerank_cache else None  # a bad spec fails before embedding
         ray_on = bool(ray or ray_address)
-        runner = {**_ray_runner(ray_address, model, device), **_ray_shard_writer(ray_address)} if ray_on else {}
-        with _ray_cluster(ray_address) if runner else contextlib.nullcontext():  # one cluster for embed + shards
+        runner = {**ray_embed_runner(ray_address, model, device), **ray_shard_writer(ray_address)} if ray_on else {}
+        with ray_cluster(ray_address) if runner else contextlib.nullcontext():  # one cluster for embed + shards
             report = build_mod.build_index(items, out, encoder, config, source=source, progress=not quiet, **runner)
     except (ValueError, FileNotFoundError) as e:
         raise fail(str(e)) from e
     _report(report, "built")
     if reranker is not None:
         _cache_tokens(out, reranker, quiet)
-
-
-def _ray_cluster(address: str | None):
-    from indexing.distributed.ray_embed import RayConfig, ray_session
-
-    return ray_session(RayConfig(address=address))
-
-
-def _ray_runner(address: str | None, model: str, device: str) -> dict:
-    """build_index / add_to_index's `runner`: embedding on Ray actors."""
-    from indexing.distributed.ray_embed import RayConfig, RayEmbedRunner, import_ray, registry_encoder
-
-    import_ray()  # the install hint now, before any work
-    ray_config = RayConfig(address=address, gpus_per_actor=1.0 if device.startswith("cuda") else 0.0)
-    return {"runner": RayEmbedRunner(registry_encoder(model, device), ray_config)}
-
-
-def _ray_shard_writer(address: str | None) -> dict:
-    """build_index's `shard_writer`: each shard written in a Ray task."""
-    from indexing.distributed.ray_embed import RayConfig
-    from indexing.distributed.ray_shards import RayShardWriter
-
-    return {"shard_writer": RayShardWriter(RayConfig(address=address))}
 
 
 @index_app.command("add")
@@ -217,8 +195,9 @@ def index_add(
         listing = resolve.resolve_source(source, ManifestColumns(image_column, caption_column), progress=not quiet)
         _notes(listing)
         encoder = _load_encoder(manifest.model, device)
-        runner = _ray_runner(ray_address, manifest.model, device) if ray or ray_address else {}  # one new shard: here
-        with _ray_cluster(ray_address) if runner else contextlib.nullcontext():
+        # the one new shard per collection is written here
+        runner = ray_embed_runner(ray_address, manifest.model, device) if ray or ray_address else {}
+        with ray_cluster(ray_address) if runner else contextlib.nullcontext():
             report = build_mod.add_to_index(listing.items, index, encoder, config, progress=not quiet, **runner)
     except (ValueError, FileNotFoundError) as e:
         raise fail(str(e)) from e

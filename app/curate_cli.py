@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,7 @@ import typer
 
 from app.console import fail, say
 from app.models_cli import AutoDevice
+from app.ray_options import ray_cluster, ray_embed_runner
 from indexing.curation.colour import DEFAULT_TOLERANCE
 from indexing.curation.pipeline import read_pipeline, run_pipeline
 from indexing.curation.stages import StageSpec, run_stage
@@ -30,6 +32,11 @@ Model = Annotated[str | None, typer.Option(
 Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
 BatchSize = Annotated[int, typer.Option(help="Images per model forward.")]
 Workers = Annotated[int, typer.Option(help="Decode worker processes (0 = decode in the main process).")]
+RayFlag = Annotated[bool, typer.Option(
+    "--ray", help="Embed the SOURCEs that need it on Ray actors, one per CPU (GPU) slot; without --ray-address "
+    "it starts a local cluster (needs `pip install 'retr[distributed]'`; docs/scale.md).")]
+RayAddress = Annotated[str | None, typer.Option(
+    help="Ray cluster to join (implies --ray): auto for `ray start --head` on this machine, or ray://HOST:10001.")]
 
 
 def _spec(stage: str, source: str, out: Path, model: str | None, params: dict, *, inputs: dict | None = None,
@@ -56,9 +63,21 @@ def _encoder_loader(device: str):
     return load
 
 
-def _go(spec: StageSpec, device: str) -> None:
+def _runner_for(ray: bool, ray_address: str | None, device: str):
+    """run_stage's `runner_for`: None (embed here), or model spec -> its embedding on Ray actors."""
+    if not (ray or ray_address):
+        return None
+    from retrieval.encoders import resolve_device
+
+    device = resolve_device(device)  # the actors get the driver's answer to "auto"
+    return lambda spec: ray_embed_runner(ray_address, spec, device)["runner"]
+
+
+def _go(spec: StageSpec, device: str, ray: bool, ray_address: str | None) -> None:
     try:
-        record = run_stage(spec, _encoder_loader(device))
+        runner_for = _runner_for(ray, ray_address, device)
+        with ray_cluster(ray_address) if runner_for else contextlib.nullcontext():  # one cluster for every input
+            record = run_stage(spec, _encoder_loader(device), runner_for)
     except (ValueError, FileNotFoundError) as e:
         raise fail(str(e)) from e
     _summary(spec.out, record)
@@ -105,13 +124,15 @@ def dedup_cmd(
     batch_size: BatchSize = 64,
     workers: Workers = 2,
     quiet: Quiet = False,
+    ray: RayFlag = False,
+    ray_address: RayAddress = None,
 ) -> None:
     """Drop exact, pixel and near-duplicates (one kept per group), and evaluation leaks."""
     params = {"threshold": threshold, "keep": keep, "k": k, "exact": exact, "pixel": pixel, "pixel_bits": pixel_bits,
               "pixel_colour": pixel_colour, "near": near, "max_memory": _memory(max_memory)}
     inputs = {"against": list(against)} if against else {}
     _go(_spec("dedup", source, out, model, params, inputs=inputs, truth=truth,
-              embed=EmbedConfig(batch_size=batch_size, num_workers=workers), quiet=quiet), device)
+              embed=EmbedConfig(batch_size=batch_size, num_workers=workers), quiet=quiet), device, ray, ray_address)
 
 
 @curate_app.command("retrieve")
@@ -131,11 +152,13 @@ def retrieve_cmd(
     batch_size: BatchSize = 64,
     workers: Workers = 2,
     quiet: Quiet = False,
+    ray: RayFlag = False,
+    ray_address: RayAddress = None,
 ) -> None:
     """Keep the pool items closest to curated seeds (DINOv2's retrieval step)."""
     params = {"mode": mode, "k": k, "threshold": threshold, "clusters": clusters, "per_cluster": per_cluster}
     _go(_spec("retrieve", source, out, model, params, inputs={"seeds": seeds},
-              embed=EmbedConfig(batch_size=batch_size, num_workers=workers), quiet=quiet), device)
+              embed=EmbedConfig(batch_size=batch_size, num_workers=workers), quiet=quiet), device, ray, ray_address)
 
 
 def _levels(text: str) -> list[int]:
@@ -163,10 +186,12 @@ def cluster_cmd(
     batch_size: BatchSize = 64,
     workers: Workers = 2,
     quiet: Quiet = False,
+    ray: RayFlag = False,
+    ray_address: RayAddress = None,
 ) -> None:
     """Label every item with its cluster at each level (hierarchical k-means, Vo et al. 2024); drops nothing."""
     _go(_spec("cluster", source, out, model, {"levels": _levels(levels), "seed": seed},
-              embed=EmbedConfig(batch_size=batch_size, num_workers=workers), quiet=quiet), device)
+              embed=EmbedConfig(batch_size=batch_size, num_workers=workers), quiet=quiet), device, ray, ray_address)
 
 
 @curate_app.command("sample")
@@ -183,11 +208,13 @@ def sample_cmd(
     batch_size: BatchSize = 64,
     workers: Workers = 2,
     quiet: Quiet = False,
+    ray: RayFlag = False,
+    ray_address: RayAddress = None,
 ) -> None:
     """Keep N items balanced across clusters (hierarchical sampling, Vo et al. 2024)."""
     params = {"n": n, "strategy": strategy, "levels": _levels(levels), "seed": seed}
     _go(_spec("sample", source, out, model, params,
-              embed=EmbedConfig(batch_size=batch_size, num_workers=workers), quiet=quiet), device)
+              embed=EmbedConfig(batch_size=batch_size, num_workers=workers), quiet=quiet), device, ray, ray_address)
 
 
 @curate_app.command("run")
@@ -196,13 +223,17 @@ def run_cmd(
     out: Annotated[Path | None, typer.Option(help="Run folder (default: the config's `out`).")] = None,
     device: AutoDevice = "auto",
     quiet: Quiet = False,
+    ray: RayFlag = False,
+    ray_address: RayAddress = None,
 ) -> None:
     """Chain stages from a config file; each stage's kept.parquet feeds the next; resumable stage by stage."""
     try:
         pipeline = read_pipeline(config, out=out, progress=not quiet)
-        for spec, record, fresh in run_pipeline(pipeline, _encoder_loader(device)):
-            if not fresh:
-                say(("done before:", "cyan"), f" {spec.out}")
-            _summary(spec.out, record)
+        runner_for = _runner_for(ray, ray_address, device)
+        with ray_cluster(ray_address) if runner_for else contextlib.nullcontext():  # one cluster for every stage
+            for spec, record, fresh in run_pipeline(pipeline, _encoder_loader(device), runner_for):
+                if not fresh:
+                    say(("done before:", "cyan"), f" {spec.out}")
+                _summary(spec.out, record)
     except (ValueError, FileNotFoundError) as e:
         raise fail(str(e)) from e

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from indexing.build import IndexConfig, build_index  # noqa: E402
-from indexing.distributed.ray_embed import RayConfig, RayEmbedRunner, ray_session, registry_encoder  # noqa: E402
+from indexing.distributed.ray_cluster import RayConfig, ray_session  # noqa: E402
+from indexing.distributed.ray_embed import RayEmbedRunner, registry_encoder  # noqa: E402
 from indexing.distributed.ray_shards import RayShardWriter  # noqa: E402
 from indexing.embed import EmbedConfig  # noqa: E402
 from indexing.sources import list_items  # noqa: E402

@@ -30,13 +30,11 @@ from indexing.atomic import write_parquet
 from indexing.choose import KINDS, IndexPlan, choose_index
 from indexing.embed import EmbedConfig, EmbedSummary, embed_items
 from indexing.exact_rerank import VectorsOf, rerank_exact, rows_lookup
-from indexing.faiss_build import add_to_clone, lists_path, read_index, train_empty, write_index_atomic
+from indexing.faiss_build import read_index, train_empty, write_index_atomic
 from indexing.lock import writer_lock
 from indexing.manifest import (
     IndexManifest,
-    ShardInfo,
     VectorIndexInfo,
-    file_sha256,
     git_sha,
     model_mismatch,
     read_manifest,
@@ -44,8 +42,7 @@ from indexing.manifest import (
     write_manifest,
 )
 from indexing.metadata import MetadataStore, SegmentRows, append_metadata, write_metadata
-from indexing.ondisk import build_ondisk
-from indexing.row_blocks import is_mapped, iter_blocks
+from indexing.shard_files import ShardJob, ShardWriter, write_shard
 from indexing.sources import Item
 from indexing.store import (
     read_job,
@@ -58,40 +55,9 @@ from indexing.tune import apply_search_param, exact_knn, recall_at_k, tune_searc
 from retrieval.encoders.base import Encoder
 
 # A segment whose float32 vectors would take more than this share of --max-memory is spilled to
-# scratch files and read block by block (_Segment.read); blocks of this many rows are added at a time.
+# scratch files and read block by block (_Segment.read; shard_files adds them a block at a time).
 SPILL_SHARE = 0.5
-ADD_BLOCK_ROWS = 100_000
 SCRATCH = {"image": ".build-image.f32.npy", "text": ".build-text.f32.npy"}
-
-@dataclass(frozen=True)
-class ShardJob:
-    """One shard to write from a trained index: what `write_shard` needs, as paths and row numbers, so
-    a worker elsewhere (indexing.distributed.ray_shards) can run it."""
-
-    kind: str
-    trained: Path  # the empty trained index file every shard is cloned from
-    rows: np.ndarray  # rows of the collection's vectors
-    ids: np.ndarray  # their ids
-    path: Path  # the shard file to write
-    device: str
-
-
-# Who writes a collection's shards: given (jobs, the collection's vectors) -> their ShardInfo, in order.
-# Shards are independent once the quantizer is trained: `write_shards` runs them here, one by one;
-# indexing.distributed.ray_shards.RayShardWriter runs them as Ray tasks.
-ShardWriter = Callable[[Sequence[ShardJob], np.ndarray], list[ShardInfo]]
-
-
-def write_shards(jobs: Sequence[ShardJob], xb: np.ndarray) -> list[ShardInfo]:
-    """Each job's shard, in this process."""
-    trained: dict[Path, faiss.Index] = {}
-    infos = []
-    for job in jobs:
-        if job.trained not in trained:
-            trained[job.trained] = read_index(job.trained)
-        infos.append(write_shard(job.kind, trained[job.trained], xb, job.rows, job.ids, job.path, job.device)[1])
-    return infos
-
 
 # Who embeds a segment: called like `embed_items` (items, folder, encoder, embed config, start_id=, start_cid=,
 # progress=) and returns its EmbedSummary. `embed_items` runs here; indexing.distributed.ray_embed.RayEmbedRunner
@@ -268,33 +234,6 @@ def _choose_plan(n: int, dim: int, config: IndexConfig) -> IndexPlan:
     raise ValueError(f"an index of kind {config.index_kind!r} for {n} x {dim} vectors does not fit "
                      f"--max-memory {config.max_memory_bytes / 2**20:.1f} MiB; kinds that fit: "
                      f"{', '.join(dict.fromkeys(p.kind for p in plans))}")
-
-
-def write_shard(
-    kind: str, trained: faiss.Index, xb: np.ndarray, rows: np.ndarray | None, ids: np.ndarray, path: Path, device: str
-) -> tuple[faiss.Index, ShardInfo]:
-    """xb[rows] (all of xb when rows is None) under `ids` in a clone of `trained`, written to `path`:
-    (the shard, its ShardInfo). Kind ivf_pq_ondisk writes the lists next to it, block by block;
-    the others add in RAM."""
-    if kind == "ivf_pq_ondisk":
-        shard = build_ondisk(trained, xb, ids, path, rows=rows)
-        lists = lists_path(path)
-        lists_info = {"lists": f"shards/{lists.name}", "lists_sha256": file_sha256(lists)}
-    elif is_mapped(xb) and kind != "hnsw" and device == "cpu":
-        # vectors spilled to disk (a segment larger than the budget): add them a block at a time; an IVF
-        # or flat index assigns each vector on its own, so this is the index one call would give
-        blocks = iter_blocks(xb, rows, ADD_BLOCK_ROWS)
-        lo, hi, first = next(blocks)
-        shard = add_to_clone(trained, first, ids[lo:hi])
-        for lo, hi, block in blocks:
-            shard.add_with_ids(block, np.ascontiguousarray(ids[lo:hi], np.int64))
-        write_index_atomic(shard, path)
-        lists_info = {}
-    else:
-        shard = add_to_clone(trained, np.ascontiguousarray(xb if rows is None else xb[rows]), ids, device=device)
-        write_index_atomic(shard, path)
-        lists_info = {}
-    return shard, ShardInfo(file=f"shards/{path.name}", n=int(len(ids)), sha256=file_sha256(path), **lists_info)
 
 
 def _shard_groups(chunks: np.ndarray, n_shards: int) -> list[np.ndarray]:

@@ -103,7 +103,7 @@ class RayShards:
 
     def __init__(self, index_dir: Path, info: VectorIndexInfo, kind: str, *, config: RaySearchConfig) -> None:
         # imported here, on the driver: ray_embed imports torch, which the actors (this module) need not load
-        from indexing.distributed.ray_embed import init_ray
+        from indexing.distributed.ray_cluster import init_ray
 
         self.info, self.kind, self.config = info, kind, config
         self._ray, _ = init_ray(config.address, config.num_cpus)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from indexing import build as build_mod
+from indexing import shard_files
 from indexing.build import IndexConfig, add_to_index, build_index
 from indexing.embed import EmbedConfig
 from indexing.row_blocks import is_mapped
@@ -52,7 +53,7 @@ def test_spilled_build_and_add_equal_the_in_ram_ones(tmp_path, monkeypatch):
         return seg
 
     monkeypatch.setattr(build_mod, "SPILL_SHARE", 0.0)  # every segment is "bigger than the budget"
-    monkeypatch.setattr(build_mod, "ADD_BLOCK_ROWS", 5)  # several blocks per shard
+    monkeypatch.setattr(shard_files, "ADD_BLOCK_ROWS", 5)  # several blocks per shard
     monkeypatch.setattr(build_mod._Segment, "read", staticmethod(spying_read))
     build_index(_manifest(tmp_path, first, "a"), tmp_path / "disk", PixelEncoder(), CONFIG, progress=False)
     add_to_index(_manifest(tmp_path, second, "b"), tmp_path / "disk", PixelEncoder(), CONFIG, progress=False)

@@ -132,6 +132,7 @@ def test_shards_written_by_ray_tasks_are_the_local_shards(ray_cluster, corpus: P
     """Shards cloned from one trained quantizer in Ray tasks: byte-identical files, the same index.json.
     spilled: the segment's vectors are a memory-mapped scratch file, which tasks map by path."""
     import indexing.build as build_mod
+    import indexing.shard_files as shard_files
 
     if spilled:
         monkeypatch.setattr(build_mod, "SPILL_SHARE", 0.0)
@@ -142,7 +143,8 @@ def test_shards_written_by_ray_tasks_are_the_local_shards(ray_cluster, corpus: P
     def not_here(*args, **kwargs):
         raise AssertionError("a shard was written by the driver, not by a Ray task")
 
-    monkeypatch.setattr(build_mod, "write_shard", not_here)  # the tasks' processes import their own copy
+    for module in (build_mod, shard_files):  # the tasks' processes import their own copy
+        monkeypatch.setattr(module, "write_shard", not_here)
     remote = build_index(items, tmp_path / "ray", encoder, config, progress=False, shard_writer=RayShardWriter())
     for coll in ("image", "text"):
         a, b = getattr(local.manifest, coll), getattr(remote.manifest, coll)
@@ -221,7 +223,7 @@ def test_cli_ray_option_reaches_the_runner(monkeypatch, corpus: Path, tmp_path: 
     monkeypatch.setattr(cli.build_mod, "build_index", fake_build)
     monkeypatch.setattr(cli, "_load_encoder", lambda spec, device: PixelEncoder())
     clusters = []
-    monkeypatch.setattr(cli, "_ray_cluster", lambda address: clusters.append(address) or contextlib.nullcontext())
+    monkeypatch.setattr(cli, "ray_cluster", lambda address: clusters.append(address) or contextlib.nullcontext())
     res = CliRunner().invoke(cli.app, ["index", "build", str(corpus), "--out", str(tmp_path / "o"), "--quiet", *argv])
     assert clusters == ([] if address == "off" else [address])  # one cluster for the embedding and the shards
     assert res.exit_code == 2 and "stop here" in res.output
@@ -265,7 +267,7 @@ def test_cli_index_add_ray_option_reaches_the_runner(monkeypatch, corpus: Path, 
 
     monkeypatch.setattr(cli.build_mod, "add_to_index", fake_add)
     monkeypatch.setattr(cli, "_load_encoder", lambda spec, device: PixelEncoder())
-    monkeypatch.setattr(cli, "_ray_cluster", lambda a: clusters.append(a) or contextlib.nullcontext())
+    monkeypatch.setattr(cli, "ray_cluster", lambda a: clusters.append(a) or contextlib.nullcontext())
     res = CliRunner().invoke(cli.app, ["index", "add", str(tmp_path / "idx"), str(corpus), "--quiet", *argv])
     assert res.exit_code == 2 and "stop here" in res.output
     if address == "off":
@@ -285,3 +287,80 @@ def test_cli_ray_without_ray_installed_says_how_to_install(monkeypatch, corpus: 
     res = CliRunner().invoke(cli.app, ["index", "build", str(corpus), "--out", str(tmp_path / "o"), "--ray"])
     assert res.exit_code == 2 and "pip install 'retr[distributed]'" in res.output
     assert not (tmp_path / "o" / "index.json").exists()
+
+
+def _chunk_bytes(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("chunk-*")) if p.suffix in (".npy", ".parquet")}
+
+
+def test_curate_embedding_on_ray_equals_local(ray_cluster, corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    """`retr curate dedup --ray`: the pool and the --against source are embedded by Ray actors, into the same
+    chunk files, and the stage keeps and drops the same items as a local run."""
+    import pyarrow.parquet as pq
+
+    import indexing.curation.pool as pool_mod
+    from indexing.curation.stages import StageSpec, run_stage
+
+    evals = tmp_path / "evals"
+    evals.mkdir()
+    for p in sorted(corpus.glob("warm/red-*.png"))[:2] + sorted(corpus.glob("cool/blue-*.png"))[:1]:
+        (evals / p.name).write_bytes(p.read_bytes())
+
+    def spec(out: Path) -> StageSpec:
+        return StageSpec("dedup", str(corpus), out, "test:pixels", {"threshold": 0.999}, {"against": [str(evals)]},
+                         embed=CONFIG.embed, progress=False)
+
+    local = run_stage(spec(tmp_path / "local"), lambda s: PixelEncoder())
+    asked = []
+
+    def runner_for(model: str) -> RayEmbedRunner:
+        asked.append(model)
+        return RayEmbedRunner(hook_encoder("tests.conftest:PixelEncoder"))
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("embedded by the driver, not by Ray actors")
+
+    monkeypatch.setattr(pool_mod, "embed_items", not_here)
+    remote = run_stage(spec(tmp_path / "ray"), lambda s: PixelEncoder(), runner_for)
+    assert asked == ["test:pixels", "test:pixels"]  # the pool, then the --against source
+    assert remote.counts == local.counts and local.counts["dropped"]["eval_leak"] > 0
+    for name in ("kept.parquet", "dropped.parquet"):
+        a, b = (pq.read_table(tmp_path / side / name).to_pylist() for side in ("local", "ray"))
+        assert a == b
+    assert _chunk_bytes(tmp_path / "ray" / "embeddings") == _chunk_bytes(tmp_path / "local" / "embeddings")
+
+
+@pytest.mark.parametrize(("argv", "address"), [(["--ray"], None), (["--ray-address", "auto"], "auto"), ([], "off")])
+@pytest.mark.parametrize("command", ["dedup", "cluster", "run"])
+def test_cli_curate_ray_option_reaches_the_stage(monkeypatch, corpus: Path, tmp_path: Path, argv, address,
+                                                command) -> None:
+    from typer.testing import CliRunner
+
+    from app import cli, curate_cli
+
+    seen, clusters = {}, []
+
+    def fake_run_stage(spec, load_encoder, runner_for=None):
+        seen["runner"] = runner_for and runner_for("retr:default")
+        raise ValueError("stop here")
+
+    def fake_run_pipeline(pipeline, load_encoder, runner_for=None):
+        fake_run_stage(None, load_encoder, runner_for)
+        yield  # never reached
+
+    monkeypatch.setattr(curate_cli, "run_stage", fake_run_stage)
+    monkeypatch.setattr(curate_cli, "run_pipeline", fake_run_pipeline)
+    monkeypatch.setattr(curate_cli, "ray_cluster", lambda a: clusters.append(a) or contextlib.nullcontext())
+    config = tmp_path / "run.toml"
+    config.write_text(f'out = "{tmp_path / "run"}"\nsource = "{corpus}"\n[[stage]]\nname = "cluster"\n')
+    target = [str(config)] if command == "run" else [str(corpus), "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(cli.app, ["curate", command, *target, "--device", "cpu", *argv])
+    assert res.exit_code == 2 and "stop here" in res.output, res.output
+    if address == "off":
+        assert seen["runner"] is None and clusters == []
+    else:
+        assert clusters == [address]  # one cluster for every SOURCE the command embeds
+        assert isinstance(seen["runner"], RayEmbedRunner) and seen["runner"].ray_config.address == address

@@ -29,6 +29,7 @@ from pathlib import Path
 from indexing.atomic import atomic_path
 from indexing.choose import parse_memory
 from indexing.curation.outputs import KEPT, StageRecord, finished_stage
+from indexing.curation.pool import RunnerFor
 from indexing.curation.stages import REPORT, STAGES, StageSpec, run_stage
 from indexing.embed import EmbedConfig
 from retrieval.encoders.base import Encoder
@@ -97,13 +98,13 @@ def read_pipeline(config: Path, *, out: Path | None = None, progress: bool = Tru
 
 
 def run_pipeline(
-    pipeline: Pipeline, load_encoder: Callable[[str], Encoder]
+    pipeline: Pipeline, load_encoder: Callable[[str], Encoder], runner_for: RunnerFor | None = None
 ) -> Iterator[tuple[StageSpec, StageRecord, bool]]:
     """Run each stage in turn; yields (spec, its record, whether it was computed now rather than found)."""
     records = []
     for spec in pipeline.stages:
         fresh = finished_stage(spec.out, spec.stage, spec.source, spec.record_params()) is None
-        record = run_stage(spec, load_encoder)
+        record = run_stage(spec, load_encoder, runner_for)
         records.append((spec, record))
         write_run_report(pipeline.out, records)
         yield spec, record, fresh

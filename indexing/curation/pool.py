@@ -6,7 +6,7 @@ A SOURCE becomes a pool in one of three ways, cheapest first:
 - a `kept.parquet` written by an earlier stage: the vectors it came from (named in the file's
   schema metadata) when they are of the model asked for, restricted to its rows;
 - anything else `retr index build` takes: embedded into EMBEDDINGS/NAME by the resumable,
-  progress-barred embed job (a killed run resumes chunk by chunk).
+  progress-barred embed job (a killed run resumes chunk by chunk), here or on Ray actors.
 
 Rows of `meta` and `xb` are aligned; `meta.id` are the pool's ids (an index's ids, or the position in
 the listing for embedded sources). `segment` / `chunk` / `row` say where each vector is stored.
@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from indexing.embed import EmbedConfig, embed_items
+from indexing.embed import EmbedConfig, EmbedSummary, embed_items
 from indexing.manifest import MANIFEST_NAME, read_manifest
 from indexing.resolve import resolve_source
 from indexing.sources import ManifestColumns
@@ -178,24 +178,31 @@ class PoolRequest:
     progress: bool = True
 
 
-def load_pool(request: PoolRequest, load_encoder: Callable[[str], Encoder]) -> Pool:
+# model spec -> who embeds with it, called like `embed_items`: a RayEmbedRunner (`retr curate --ray`)
+RunnerFor = Callable[[str], Callable[..., EmbedSummary]]
+
+
+def load_pool(request: PoolRequest, load_encoder: Callable[[str], Encoder], runner_for: RunnerFor | None = None
+              ) -> Pool:
     """The pool SOURCE names (see the module docstring); `load_encoder(spec)` is called only when
-    something has to be embedded."""
+    something has to be embedded, and `runner_for(spec)`, if given, embeds it instead of this process
+    (the same chunk files, ids and resume rule)."""
     path = Path(request.source)
     if (path / MANIFEST_NAME).is_file():
         return _from_index(path, request.model)
     vectors = kept_vector_source(path)
     if vectors is not None and request.model in (None, vectors.model):
         return _from_kept(path, vectors)
-    return _embedded(request, load_encoder(request.model or request.default_model))
+    spec = request.model or request.default_model
+    return _embedded(request, load_encoder(spec), runner_for(spec) if runner_for else embed_items)
 
 
-def _embedded(request: PoolRequest, encoder: Encoder) -> Pool:
+def _embedded(request: PoolRequest, encoder: Encoder, embed: Callable[..., EmbedSummary]) -> Pool:
     listing = resolve_source(request.source, request.columns, progress=request.progress)
     if not listing.items:
         raise ValueError(f"{request.source} has no images: the pool is empty")
     folder = request.embeddings / request.segment
-    embed_items(listing.items, folder, encoder, request.embed, progress=request.progress)
+    embed(listing.items, folder, encoder, request.embed, progress=request.progress)
     vectors = VectorSource(str(request.embeddings.resolve()), (request.segment,), encoder.name, encoder.weights_id)
     meta, xb, rejects = read_embeddings(vectors)
     return Pool(meta, xb, vectors, rejects, listing.notes)

@@ -18,7 +18,7 @@ from pathlib import Path
 from indexing.curation import concept_stages, stage_reports
 from indexing.curation.dedup_stage import DedupConfig, dedup_pool
 from indexing.curation.outputs import StageRecord, finished_stage, write_stage
-from indexing.curation.pool import Pool, PoolRequest, load_pool
+from indexing.curation.pool import Pool, PoolRequest, RunnerFor, load_pool
 from indexing.curation.report import write_report
 from indexing.curation.source_digest import inputs_digest
 from indexing.embed import EmbedConfig
@@ -67,28 +67,37 @@ def _config(cls: type, params: dict):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
 
 
-def _pool(
-    spec: StageSpec, source: str, segment: str, model: str | None, load_encoder: Callable[[str], Encoder]
-) -> Pool:
-    embeddings = spec.embeddings or spec.out / "embeddings"
-    request = PoolRequest(source, embeddings, segment, model, DEFAULT_MODELS[spec.stage], spec.embed,
-                          progress=spec.progress)
-    return load_pool(request, load_encoder)
+# (spec, source, segment, model) -> the pool: how a stage loads SOURCE and its other inputs
+PoolLoader = Callable[[StageSpec, str, str, "str | None"], Pool]
 
 
-def run_stage(spec: StageSpec, load_encoder: Callable[[str], Encoder]) -> StageRecord:
-    """Run (or find finished) the stage `spec` names; returns its curate.json record."""
+def _pool_loader(load_encoder: Callable[[str], Encoder], runner_for: RunnerFor | None) -> PoolLoader:
+    def pool(spec: StageSpec, source: str, segment: str, model: str | None) -> Pool:
+        embeddings = spec.embeddings or spec.out / "embeddings"
+        request = PoolRequest(source, embeddings, segment, model, DEFAULT_MODELS[spec.stage], spec.embed,
+                              progress=spec.progress)
+        return load_pool(request, load_encoder, runner_for)
+
+    return pool
+
+
+def run_stage(
+    spec: StageSpec, load_encoder: Callable[[str], Encoder], runner_for: RunnerFor | None = None
+) -> StageRecord:
+    """Run (or find finished) the stage `spec` names; returns its curate.json record. A SOURCE that has
+    to be embedded is embedded here, or by `runner_for(model spec)` (Ray actors: `retr curate --ray`)."""
     _config(_CONFIGS[spec.stage], spec.params)  # bad settings fail before anything is embedded
     digest = inputs_digest(spec.sources())
     done = finished_stage(spec.out, spec.stage, spec.source, spec.record_params(), digest)
     if done is not None:
         return done
     t0 = time.perf_counter()
-    pool = _pool(spec, spec.source, "pool", spec.model, load_encoder)
+    load = _pool_loader(load_encoder, runner_for)
+    pool = load(spec, spec.source, "pool", spec.model)
     if len(pool) == 0:
         raise ValueError(f"{spec.source}: none of its items could be read; the pool is empty")
     runner = _RUNNERS[spec.stage]
-    result, of_images, report = runner(spec, pool, load_encoder)
+    result, of_images, report = runner(spec, pool, load)
     report.facts = {"source": spec.source, **report.facts}
     record = StageRecord(spec.stage, spec.source, spec.record_params(), pool.model, {},
                          round(time.perf_counter() - t0, 2), inputs_digest=digest)
@@ -98,9 +107,9 @@ def run_stage(spec: StageSpec, load_encoder: Callable[[str], Encoder]) -> StageR
     return record
 
 
-def _dedup(spec: StageSpec, pool: Pool, load_encoder):
+def _dedup(spec: StageSpec, pool: Pool, load: PoolLoader):
     config = _config(DedupConfig, spec.params)
-    evals = [_pool(spec, s, f"against-{i}", pool.model, load_encoder)
+    evals = [load(spec, s, f"against-{i}", pool.model)
              for i, s in enumerate(spec.inputs.get("against", ()))]
     outcome = dedup_pool(pool, config, evals)
     report = stage_reports.dedup_report(spec, pool, outcome, config)
@@ -111,21 +120,21 @@ def _title(spec: StageSpec) -> str:
     return f"retr curate {spec.stage} · {spec.source}"
 
 
-def _retrieve(spec: StageSpec, pool: Pool, load_encoder):
+def _retrieve(spec: StageSpec, pool: Pool, load: PoolLoader):
     config = _config(concept_stages.RetrieveConfig, spec.params)
     if "seeds" not in spec.inputs:
         raise ValueError("retrieve needs --seeds: a SOURCE of curated seed images")
-    seeds = _pool(spec, spec.inputs["seeds"], "seeds", pool.model, load_encoder)
+    seeds = load(spec, spec.inputs["seeds"], "seeds", pool.model)
     result, report = concept_stages.retrieve(pool, seeds, config, _title(spec))
     return result, None, report
 
 
-def _cluster(spec: StageSpec, pool: Pool, load_encoder):
+def _cluster(spec: StageSpec, pool: Pool, load: PoolLoader):
     result, report = concept_stages.cluster(pool, _config(concept_stages.ClusterConfig, spec.params), _title(spec))
     return result, None, report
 
 
-def _sample(spec: StageSpec, pool: Pool, load_encoder):
+def _sample(spec: StageSpec, pool: Pool, load: PoolLoader):
     result, report = concept_stages.sample(pool, _config(concept_stages.SampleConfig, spec.params), _title(spec))
     return result, None, report
 

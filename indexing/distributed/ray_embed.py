@@ -24,20 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from indexing.atomic import remove_stale_temps
+from indexing.distributed.ray_cluster import RayConfig, ray_session
 from indexing.embed import EmbedConfig, EmbedSummary, caption_offsets, embed_chunk_files, embed_items
 from indexing.sources import Item
 from retrieval.encoders.base import Encoder
-
-INSTALL_HINT = "--ray needs Ray: pip install 'retr[distributed]'"
-
-
-def import_ray() -> Any:
-    """The `ray` module, or a ValueError saying how to install it."""
-    try:
-        import ray
-    except ImportError:
-        raise ValueError(INSTALL_HINT) from None
-    return ray
 
 
 def _load_registry_encoder(spec: str, device: str) -> Encoder:
@@ -61,22 +51,6 @@ def registry_encoder(spec: str, device: str = "cpu") -> Callable[[], Encoder]:
 def hook_encoder(hook: str) -> Callable[[], Encoder]:
     """A picklable factory for `module:attr`, a zero-argument callable returning an Encoder (tests, plugins)."""
     return partial(_load_hook_encoder, hook)
-
-
-@dataclass(frozen=True)
-class RayConfig:
-    address: str | None = None  # None starts a local cluster; "auto" joins `ray start --head`; "ray://host:10001"
-    num_cpus: int | None = None  # CPUs of a local cluster this runner starts (None: all of them)
-    num_actors: int = 0  # 0: one per slot, i.e. cluster CPUs // cpus_per_actor (GPUs // gpus_per_actor)
-    cpus_per_actor: float = 1.0  # also the actor's torch threads (at least 1)
-    gpus_per_actor: float = 0.0  # > 0 for CUDA encoders: one model actor per GPU slot
-    max_restarts: int = 3  # a dead actor process is started again this many times…
-    max_task_retries: int = 3  # …and the chunk calls it held are resubmitted this many times
-    in_flight: int = 2  # chunks queued per actor, so it never waits for the driver between chunks
-
-    def __post_init__(self) -> None:
-        if self.num_actors < 0 or self.cpus_per_actor <= 0 or self.gpus_per_actor < 0 or self.in_flight < 1:
-            raise ValueError("num_actors >= 0, cpus_per_actor > 0, gpus_per_actor >= 0 and in_flight >= 1")
 
 
 @dataclass(frozen=True)
@@ -128,8 +102,8 @@ class RayEmbedRunner:
     `encoder` (the driver's) only names the job for its resume guard; actors build their own with
     `make_encoder`, which must be picklable (registry_encoder, hook_encoder)."""
 
-    def __init__(self, make_encoder: Callable[[], Encoder], ray_config: RayConfig = RayConfig()) -> None:
-        self.make_encoder, self.ray_config = make_encoder, ray_config
+    def __init__(self, make_encoder: Callable[[], Encoder], ray_config: RayConfig | None = None) -> None:
+        self.make_encoder, self.ray_config = make_encoder, ray_config or RayConfig()
 
     def __call__(self, *args: Any, **kwargs: Any) -> EmbedSummary:
         """`embed_items(items, folder, encoder, config, start_id=, start_cid=, progress=)`, chunks on Ray."""
@@ -193,31 +167,3 @@ def _run_pool(
         for actor in actors:
             ray.kill(actor)
     return n_ok, n_rejected
-
-
-def init_ray(address: str | None, num_cpus: int | None = None) -> tuple[Any, bool]:
-    """Connect to the cluster at `address` (None: start a local one of `num_cpus` CPUs) unless this process
-    already did; returns the `ray` module and whether this call connected."""
-    ray = import_ray()
-    if ray.is_initialized():
-        return ray, False
-    kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False}
-    if address is None and num_cpus is not None:
-        kwargs["num_cpus"] = num_cpus
-    ray.init(**kwargs)
-    return ray, True
-
-
-class ray_session:  # noqa: N801 (a context manager used like a function)
-    """Connect to (or start) the cluster unless this process already did; shut down only what we started."""
-
-    def __init__(self, rc: RayConfig) -> None:
-        self.rc, self.started = rc, False
-
-    def __enter__(self) -> Any:
-        ray, self.started = init_ray(self.rc.address, self.rc.num_cpus)
-        return ray
-
-    def __exit__(self, *exc: object) -> None:
-        if self.started:
-            import_ray().shutdown()

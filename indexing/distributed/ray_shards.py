@@ -6,7 +6,7 @@ one trained quantizer the driver wrote, filled with its rows and written by a ta
 A task gets a `ShardJob` (the trained index's path, the shard's rows and ids, its file) and the
 collection's vectors: a memory-mapped input (a spilled segment, indexing.build) goes as its file path
 and each task maps it; vectors held in RAM go once into Ray's object store, which tasks on the same
-node read without a copy. Tasks run `indexing.build.write_shard`, the function the local build calls,
+node read without a copy. Tasks run `indexing.shard_files.write_shard`, the function the local build calls,
 so a shard file is the same bytes either way. A task whose worker dies is retried (`max_retries`); a
 shard is written atomically (an on-disk one resumes from its finished blocks), so a retry rewrites the
 same file. The driver then reads the shards back, tunes them and writes `index.json` as locally.
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from indexing.build import ShardJob, write_shards
-from indexing.distributed.ray_embed import RayConfig, ray_session
+from indexing.distributed.ray_cluster import RayConfig, ray_session
 from indexing.manifest import ShardInfo
+from indexing.shard_files import ShardJob, write_shards
 
 
 @dataclass(frozen=True)
