@@ -24,15 +24,26 @@ RayAddress = Annotated[str | None, typer.Option(
     "machine, or ray://HOST:10001.")]
 
 
+RayReplicas = Annotated[int, typer.Option(
+    help="With --ray: actors holding each shard; searches take turns among them and step over one that is down.",
+    min=1, max=64)]
+RayShardsPerActor = Annotated[int, typer.Option(help="With --ray: consecutive shards one actor holds.", min=1)]
+RayConcurrency = Annotated[int, typer.Option(
+    help="With --ray: searches one actor runs at once (threads).", min=1, max=64)]
 SearchDevice = Annotated[str, typer.Option(
     help="cpu, or cuda: the model on the GPU and the shards faiss can search there (IVF, Flat; needs "
     "`pip install 'retr[gpu]'`, docs/scale.md).")]
 
 
-def shard_opener(ray: bool, ray_address: str | None, device: str = "cpu"):
-    """The `shards=` opener --ray / --ray-address / --device cuda ask for; None: shards in this process."""
+def shard_opener(ray: bool, ray_address: str | None, device: str = "cpu", *, replicas: int = 1,
+                 shards_per_actor: int = 1, concurrency: int = 1):
+    """The `shards=` opener --ray / --ray-address (and their --ray-* settings) / --device cuda ask for;
+    None: shards in this process."""
     if device not in ("cpu", "cuda"):
         raise ValueError(f"--device must be cpu or cuda, got {device!r}")
+    if (replicas, shards_per_actor, concurrency) != (1, 1, 1) and not (ray or ray_address):
+        raise ValueError("--ray-replicas, --ray-shards-per-actor and --ray-concurrency set how Ray actors hold "
+                         "the shards: add --ray (or --ray-address)")
     if device == "cuda":
         if ray or ray_address:
             raise ValueError("--device cuda holds the shards on this machine's GPU; Ray actors search on their "
@@ -44,7 +55,8 @@ def shard_opener(ray: bool, ray_address: str | None, device: str = "cpu"):
         return None
     from retrieval.distributed_search import RaySearchConfig, ray_shards
 
-    return ray_shards(RaySearchConfig(address=ray_address))
+    return ray_shards(RaySearchConfig(address=ray_address, replicas=replicas, shards_per_actor=shards_per_actor,
+                                      concurrency=concurrency))
 
 
 def encoder_on(device: str):
@@ -149,6 +161,9 @@ def search(
         help="Reranker spec for --rerank: hf:DIR (a BLIP ITM checkpoint) or retr:itm.")] = None,
     ray: RayFlag = False,
     ray_address: RayAddress = None,
+    ray_replicas: RayReplicas = 1,
+    ray_shards_per_actor: RayShardsPerActor = 1,
+    ray_concurrency: RayConcurrency = 1,
     device: SearchDevice = "cpu",
 ) -> None:
     """Search INDEX by text, image or indexed image id."""
@@ -163,7 +178,9 @@ def search(
         if rerank and reranker is None:
             raise ValueError("--rerank needs --reranker SPEC (hf:DIR holding a BLIP ITM checkpoint, or retr:itm)")
         # reranking, Ray and GPU options reach the library only when given: a plain search is the call it always was
-        shards, on_device = shard_opener(ray, ray_address, device), encoder_on(device)
+        shards = shard_opener(ray, ray_address, device, replicas=ray_replicas, shards_per_actor=ray_shards_per_actor,
+                              concurrency=ray_concurrency)
+        on_device = encoder_on(device)
         idx = search_mod.open_index(index, *([on_device] if on_device else []),
                                     **({"reranker": reranker} if reranker else {}),
                                     **({"shards": shards} if shards else {}))

@@ -10,7 +10,16 @@ from typing import Annotated
 import typer
 
 from app.console import fail, say
-from app.search_cli import RayAddress, RayFlag, SearchDevice, encoder_on, shard_opener
+from app.search_cli import (
+    RayAddress,
+    RayConcurrency,
+    RayFlag,
+    RayReplicas,
+    RayShardsPerActor,
+    SearchDevice,
+    encoder_on,
+    shard_opener,
+)
 
 
 def parse_index_args(indexes: list[str]) -> list[tuple[str, Path]]:
@@ -40,6 +49,9 @@ def serve(
         help="Reranker spec (hf:DIR, retr:itm) for requests with \"rerank\": K; without it they get a 400.")] = None,
     ray: RayFlag = False,
     ray_address: RayAddress = None,
+    ray_replicas: RayReplicas = 1,
+    ray_shards_per_actor: RayShardsPerActor = 1,
+    ray_concurrency: RayConcurrency = 1,
     device: SearchDevice = "cpu",
 ) -> None:
     """Serve INDEXES over HTTP (FastAPI): /search, /items, /metrics, clip-back's /knn-service. Set
@@ -55,7 +67,8 @@ def serve(
         raise fail(f"retr serve needs the api extra: pip install -e '.[api]' ({e})") from e
     try:
         config = ServiceConfig(batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms)
-        shards = shard_opener(ray, ray_address, device)
+        shards = shard_opener(ray, ray_address, device, replicas=ray_replicas, shards_per_actor=ray_shards_per_actor,
+                              concurrency=ray_concurrency)
         services = [IndexService(path, name=name, config=config, shards=shards, encoder_factory=encoder_on(device))
                     for name, path in parse_index_args(indexes)]
         for s in services:

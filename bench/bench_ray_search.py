@@ -2,6 +2,7 @@
 
     python bench/bench_ray_search.py                          # 200k x 384, 4 shards: ~1 min (+2 min to build it once)
     python bench/bench_ray_search.py --n 50000 --seconds 2    # smoke test
+    python bench/bench_ray_search.py --clients 4 --replicas 2 --concurrency 2   # concurrent searches
 
 Index: bench/serve_synthetic.py's synthetic index of --n clustered unit vectors with --model's dimension,
 split in --shards shards of whole embedding chunks, chosen and tuned like a real build (cached under
@@ -43,6 +44,7 @@ import argparse
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -57,21 +59,29 @@ K = 10
 ROUNDS = 4  # timed rounds per side and row, alternating local and ray
 
 
-def qps(idx: RetrievalIndex, what: str, xq: np.ndarray, batch: int, seconds: float) -> tuple[float, float]:
-    """(queries/s, ms per batch) over consecutive batches of xq for about `seconds`: `what` is "ids"
-    (search_vectors: the shards and the merge) or "hits" (search_embedded: also ids -> hits)."""
+def qps(idx: RetrievalIndex, what: str, xq: np.ndarray, batch: int, seconds: float, clients: int = 1
+        ) -> tuple[float, float]:
+    """(queries/s, ms per batch) over consecutive batches of xq for about `seconds`, sent by `clients`
+    threads at once (each waits for its answer before its next batch): `what` is "ids" (search_vectors:
+    the shards and the merge) or "hits" (search_embedded: also ids -> hits)."""
     queries = [Query(image_id=0)] * batch  # only echoed back in the results: the vectors are xq's rows
 
     def run(x: np.ndarray) -> object:
         return idx.search_vectors(x, K) if what == "ids" else idx.search_embedded(queries, x, k=K)
 
+    def client(c: int) -> tuple[int, float]:
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            lo = ((calls * clients + c) * batch) % (len(xq) - batch + 1)
+            run(xq[lo : lo + batch])
+            calls += 1
+        return calls, time.perf_counter() - start
+
     run(xq[:batch])  # warm-up: first touch of the shards' pages
-    done, start, i = 0, time.perf_counter(), 0
-    while (elapsed := time.perf_counter() - start) < seconds:
-        lo = (i * batch) % (len(xq) - batch + 1)
-        run(xq[lo : lo + batch])
-        done, i = done + batch, i + 1
-    return done / elapsed, 1000 * elapsed / i
+    with ThreadPoolExecutor(clients) as pool:
+        done = list(pool.map(client, range(clients)))
+    calls, elapsed = sum(d[0] for d in done), max(d[1] for d in done)
+    return calls * batch / elapsed, 1000 * elapsed * clients / calls
 
 
 def same_hits(a: RetrievalIndex, b: RetrievalIndex, xq: np.ndarray) -> tuple[bool, float]:
@@ -92,6 +102,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0, help="timed search per row and side")
     ap.add_argument("--nq", type=int, default=2000, help="distinct query vectors")
     ap.add_argument("--cache", type=Path, default=None, help="index folder (default: under $RETR_CACHE/bench/)")
+    ap.add_argument("--clients", type=int, default=1, help="threads searching at once, each batch by batch")
+    ap.add_argument("--replicas", type=int, default=1, help="ray side: actors per shard (RaySearchConfig)")
+    ap.add_argument("--concurrency", type=int, default=1, help="ray side: searches one actor runs at once")
     args = ap.parse_args()
 
     from retrieval.distributed_search import RaySearchConfig, ray_shards
@@ -111,17 +124,19 @@ def main() -> None:
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     t = time.perf_counter()
-    remote = open_index(folder, shards=ray_shards(RaySearchConfig()))
-    print(f"ray: {len(info.shards)} shard actors ready in {time.perf_counter() - t:.1f} s "
-          f"(local cluster, {os.cpu_count()} CPUs)", flush=True)
+    config = RaySearchConfig(replicas=args.replicas, concurrency=args.concurrency)
+    remote = open_index(folder, shards=ray_shards(config))
+    print(f"ray: {len(info.shards) * args.replicas} shard actors ({args.replicas} per shard, {args.concurrency} "
+          f"search(es) at once each) ready in {time.perf_counter() - t:.1f} s (local cluster, {os.cpu_count()} CPUs); "
+          f"{args.clients} client thread(s)", flush=True)
     try:
         print("| batch | returns | local QPS | ray QPS | ray ÷ local | local ms/batch | ray ms/batch |")
         print("|-------|---------|-----------|---------|-------------|----------------|--------------|")
         for batch in (int(b) for b in args.batches.split(",")):
             for what in ("ids", "hits"):
                 # alternating short rounds, best of each side: a load spike from another job hits both alike
-                rounds = [(qps(local, what, xq, batch, args.seconds / ROUNDS),
-                           qps(remote, what, xq, batch, args.seconds / ROUNDS)) for _ in range(ROUNDS)]
+                rounds = [(qps(local, what, xq, batch, args.seconds / ROUNDS, args.clients),
+                           qps(remote, what, xq, batch, args.seconds / ROUNDS, args.clients)) for _ in range(ROUNDS)]
                 (lq, lms), (rq, rms) = max(r[0] for r in rounds), max(r[1] for r in rounds)
                 print(f"| {batch:5d} | {what:7s} | {lq:9.1f} | {rq:7.1f} | {rq / lq:11.2f} | {lms:14.2f} "
                       f"| {rms:12.2f} |", flush=True)

@@ -20,9 +20,14 @@ much memory as its shard files take, so Ray puts them where they fit; an actor t
 within `start_timeout_s` fails the open with a message. Every node must see the index folder's
 `shards/` at the same path (one machine, or a shared filesystem); the driver needs the whole folder.
 
+Replicas (`replicas` R): R actors hold each group, each with its own copy of the files' pages. Searches
+take turns among them, so R actors answer R concurrent searches of a group at once (a server's
+threads), and `concurrency` lets one actor run several searches at once on threads.
+
 Faults: an actor process that dies is restarted by Ray (`max_restarts`), reloading its shards, and the
 searches it held are resubmitted (`max_task_retries`; a search is read-only, so a retry is harmless).
-Once the restarts are spent, a search raises ShardUnavailableError naming the shards.
+Once the restarts are spent, that group's next replica answers instead. When every replica of a group
+is down for good, the search raises ShardUnavailableError naming the shards.
 
 Ray is imported only when a RayShards is opened: without it, that open raises ValueError saying to
 install the `distributed` extra. A cluster this module starts (no address, none joined yet) lives as
@@ -31,6 +36,7 @@ long as the process; closing the index kills its actors only, so a reloaded inde
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -66,10 +72,16 @@ class RaySearchConfig:
     max_restarts: int = 3  # a dead actor process is started again this many times…
     max_task_retries: int = 3  # …and the searches it held are resubmitted this many times
     start_timeout_s: float = 300.0  # how long the open waits for every actor to be placed and loaded
+    # actors holding each group of shards: searches take turns among them, and one that is down for good
+    # is stepped over, so a group is lost only when all of its replicas are
+    replicas: int = 1
+    concurrency: int = 1  # searches one actor runs at once (threads; faiss searches without the GIL)
 
     def __post_init__(self) -> None:
-        if self.shards_per_actor < 1 or self.cpus_per_actor < 0 or self.threads < 0 or self.start_timeout_s <= 0:
-            raise ValueError("shards_per_actor >= 1, cpus_per_actor >= 0, threads >= 0 and start_timeout_s > 0")
+        if (self.shards_per_actor < 1 or self.cpus_per_actor < 0 or self.threads < 0 or self.start_timeout_s <= 0
+                or self.replicas < 1 or self.concurrency < 1):
+            raise ValueError("shards_per_actor >= 1, cpus_per_actor >= 0, threads >= 0, start_timeout_s > 0, "
+                             "replicas >= 1 and concurrency >= 1")
 
 
 def shard_groups(n_shards: int, shards_per_actor: int) -> list[tuple[int, ...]]:
@@ -86,13 +98,19 @@ class ShardActor:
 
             faiss.omp_set_num_threads(threads)
         self.shards = LocalShards(Path(index_dir), info, kind, select=select, mmap=True)
+        self.answered = 0
 
     def ready(self) -> list[int]:
         """Vectors per shard held, for the driver to check against index.json."""
         return [int(s.ntotal) for s in self.shards.shards]
 
     def search(self, xq: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        self.answered += 1
         return self.shards.search(xq, k, allowed)
+
+    def searches(self) -> int:
+        """Searches this actor answered since it (re)started."""
+        return self.answered
 
     def pid(self) -> int:
         return os.getpid()
@@ -108,9 +126,10 @@ class RayShards:
         self.info, self.kind, self.config = info, kind, config
         self._ray, _ = init_ray(config.address, config.num_cpus)
         self.groups = shard_groups(len(info.shards), config.shards_per_actor)
-        self.actors: list[Any] = []
+        self.actors: list[Any] = []  # group by group: replica 0..R-1 of group 0, then of group 1, ...
+        self._turn = itertools.count()  # which replica of each group the next search asks first
         try:
-            self.actors = [self._start(Path(index_dir), g) for g in self.groups]
+            self.actors = [self._start(Path(index_dir), g) for g in self.groups for _ in range(config.replicas)]
             self._wait_ready()
         except BaseException:
             self.close()
@@ -119,7 +138,8 @@ class RayShards:
     def _start(self, index_dir: Path, group: tuple[int, ...]) -> Any:
         cfg = self.config
         options: dict[str, Any] = {"num_cpus": cfg.cpus_per_actor, "max_restarts": cfg.max_restarts,
-                                   "max_task_retries": cfg.max_task_retries, "scheduling_strategy": "SPREAD"}
+                                   "max_task_retries": cfg.max_task_retries, "scheduling_strategy": "SPREAD",
+                                   "max_concurrency": cfg.concurrency}
         nbytes = sum(_file_size(index_dir / self.info.shards[i].file) for i in group)
         if cfg.reserve_memory and nbytes:
             options["memory"] = nbytes
@@ -138,34 +158,63 @@ class RayShards:
                 "is free") from None
         except ray.exceptions.RayError as e:
             raise ValueError(f"the {self.kind} shard actors failed to load their shards: {e}") from None
-        for group, counts in zip(self.groups, held, strict=True):
+        for group, counts in zip(self._per_actor(self.groups), held, strict=True):
             expected = [self.info.shards[i].n for i in group]
             if counts != expected:
                 files = [self.info.shards[i].file for i in group]
                 raise ValueError(f"a shard actor read {files} with {counts} vectors where index.json says "
                                  f"{expected}: does every node see the same index folder?")
 
+    def _per_actor(self, per_group: list) -> list:
+        """A per-group list repeated for each replica, in `self.actors`' order."""
+        return [x for x in per_group for _ in range(self.config.replicas)]
+
+    def replicas_of(self, g: int, turn: int = 0) -> list[Any]:
+        """The actors holding group `g`, in the order search number `turn` asks them (a turn per search)."""
+        r = self.config.replicas
+        mine = self.actors[g * r:(g + 1) * r]
+        return mine[turn % r:] + mine[:turn % r]
+
     def search(self, xq: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (D, I) over every shard: one call per actor, all in flight at once, merged in shard order."""
+        """Top-k (D, I) over every shard: one call per group of shards, all in flight at once, each to the
+        group's replica whose turn it is; a replica down for good is stepped over. Merged in shard order."""
         ray = self._ray
         xq = np.ascontiguousarray(xq, np.float32)
         xq_ref = ray.put(xq) if xq.nbytes > INLINE_BYTES else xq
         allowed_ref = None if allowed is None else ray.put(np.asarray(allowed, np.int64))
-        futures = [a.search.remote(xq_ref, k, allowed_ref) for a in self.actors]
+        turn = next(self._turn)  # one atomic step: concurrent searches (a server's threads) take distinct turns
+        order = [self.replicas_of(g, turn) for g in range(len(self.groups))]
+        futures = [actors[0].search.remote(xq_ref, k, allowed_ref) for actors in order]
         results, lost = [], []
-        for group, future in zip(self.groups, futures, strict=True):
-            try:
-                results.append(ray.get(future))
-            except ray.exceptions.RayActorError:
+        for group, actors, future in zip(self.groups, order, futures, strict=True):
+            answer = self._first_answer(future, actors[1:], xq_ref, k, allowed_ref)
+            if answer is None:
                 lost += [self.info.shards[i].file for i in group]
+            else:
+                results.append(answer)
         if lost:
             raise ShardUnavailableError(
                 f"{self.kind} shard actor(s) died and could not be restarted (max_restarts="
-                f"{self.config.max_restarts}): {', '.join(lost)} cannot be searched; reopen the index")
+                f"{self.config.max_restarts}, replicas={self.config.replicas}): {', '.join(lost)} cannot be "
+                "searched; reopen the index")
         return merge_topk(results, k)
 
+    def _first_answer(self, future: Any, others: list[Any], *args: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """The answer of `future`, else of the other replicas asked in turn; None when all are down."""
+        ray = self._ray
+        for actor in [None, *others]:
+            try:
+                return ray.get(future if actor is None else actor.search.remote(*args))
+            except ray.exceptions.RayActorError:
+                continue
+        return None
+
+    def searches(self) -> list[int]:
+        """Searches each actor answered, in `actors`' order."""
+        return self._ray.get([a.searches.remote() for a in self.actors])
+
     def pids(self) -> list[int]:
-        """The actors' process ids, in shard order (tests kill one)."""
+        """The actors' process ids, in `actors`' order: group by group, replica by replica (tests kill one)."""
         return self._ray.get([a.pid.remote() for a in self.actors])
 
     def close(self) -> None:

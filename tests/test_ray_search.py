@@ -177,6 +177,33 @@ def test_actor_dead_for_good_is_a_clear_error(ray_cluster, index_dir: Path) -> N
         service.close()
 
 
+def test_replicas_take_turns_and_step_over_one_down_for_good(ray_cluster, index_dir: Path) -> None:
+    """Two actors per group of two shards, no restarts: searches alternate between the replicas; with one
+    replica of a group killed the other answers the same; with both gone the search names the shards."""
+    local = open_index(index_dir, encoder_factory)
+    held = _Holder(RaySearchConfig(shards_per_actor=2, replicas=2, concurrency=2, max_restarts=0,
+                                   max_task_retries=0))
+    remote = open_index(index_dir, encoder_factory, shards=held)
+    try:
+        queries = _queries(index_dir)
+        expected = local.search_batch(queries, k=20)
+        image = held.opened[0]
+        assert len(image.actors) == 4  # 2 groups x 2 replicas
+        for _ in range(2):
+            _assert_same(expected, remote.search_batch(queries, k=20))
+        assert image.searches() == [1, 1, 1, 1]  # one batched search each: the turns alternate
+        pids = image.pids()
+        os.kill(pids[0], signal.SIGKILL)  # replica 0 of image shards 0 and 1
+        for _ in range(2):  # whichever replica's turn it is, the live one answers
+            _assert_same(expected, remote.search_batch(queries, k=20))
+        os.kill(pids[1], signal.SIGKILL)  # and its other replica
+        with pytest.raises(ShardUnavailableError, match="replicas=2.*image-000.faiss, shards/image-001.faiss"):
+            remote.search_batch(queries, k=20)
+    finally:
+        local.close()
+        remote.close()
+
+
 def test_service_over_ray_and_close_kills_the_actors(ray_cluster, index_dir: Path) -> None:
     held = _Holder(RaySearchConfig(shards_per_actor=2))
     service = IndexService(index_dir, encoder_factory=encoder_factory, shards=held)
@@ -209,6 +236,14 @@ def test_cli_ray_options_reach_the_opener(monkeypatch, index_dir: Path) -> None:
         res = CliRunner().invoke(cli.app, ["search", str(index_dir), "--text", "red", *argv])
         assert res.exit_code == 2 and "stop here" in res.output
         assert seen["shards"].keywords["config"].address == address
+        assert seen["shards"].keywords["config"] == RaySearchConfig(address=address)
+    res = CliRunner().invoke(cli.app, ["search", str(index_dir), "--text", "red", "--ray", "--ray-replicas", "2",
+                                       "--ray-shards-per-actor", "3", "--ray-concurrency", "4"])
+    assert res.exit_code == 2 and "stop here" in res.output
+    assert seen["shards"].keywords["config"] == RaySearchConfig(replicas=2, shards_per_actor=3, concurrency=4)
+    seen.clear()
+    res = CliRunner().invoke(cli.app, ["search", str(index_dir), "--text", "red", "--ray-replicas", "2"])
+    assert res.exit_code == 2 and "add --ray" in res.output and not seen  # refused before opening anything
 
 
 def test_cli_serve_ray_options_reach_the_service(monkeypatch, index_dir: Path) -> None:
