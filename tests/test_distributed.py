@@ -364,3 +364,16 @@ def test_cli_curate_ray_option_reaches_the_stage(monkeypatch, corpus: Path, tmp_
     else:
         assert clusters == [address]  # one cluster for every SOURCE the command embeds
         assert isinstance(seen["runner"], RayEmbedRunner) and seen["runner"].ray_config.address == address
+
+
+def test_shard_tasks_ask_ray_for_a_gpu_only_for_cuda_jobs(tmp_path: Path) -> None:
+    """`retr index build --ray --device cuda`: a shard task that adds on faiss GPU must be given a GPU,
+    or Ray hides the node's GPUs from it and faiss finds none."""
+    from indexing.shard_files import ShardJob
+
+    def job(device: str) -> ShardJob:
+        return ShardJob("ivf_flat", tmp_path / "t.faiss", np.arange(3), np.arange(3), tmp_path / "s.faiss", device)
+
+    writer = RayShardWriter()
+    assert writer.task_options([job("cpu")]) == {"num_cpus": 1.0, "num_gpus": 0, "max_retries": 3}
+    assert writer.task_options([job("cuda"), job("cuda")])["num_gpus"] == 1

@@ -50,9 +50,15 @@ class RayShardWriter:
     def __init__(self, ray_config: RayConfig | None = None) -> None:
         self.rc = ray_config or RayConfig()
 
+    def task_options(self, jobs: Sequence[ShardJob]) -> dict:
+        """Ray resources of each task: `cpus_per_actor` CPUs, and one GPU for jobs on cuda (a task without
+        a GPU of its own sees none: Ray hides the node's GPUs from it)."""
+        gpus = 1 if any(job.device.startswith("cuda") for job in jobs) else 0
+        return {"num_cpus": self.rc.cpus_per_actor, "num_gpus": gpus, "max_retries": self.rc.max_task_retries}
+
     def __call__(self, jobs: Sequence[ShardJob], xb: np.ndarray) -> list[ShardInfo]:
         filename = getattr(xb, "filename", None)
         with ray_session(self.rc) as ray:
-            task = ray.remote(num_cpus=self.rc.cpus_per_actor, max_retries=self.rc.max_task_retries)(self.task)
+            task = ray.remote(**self.task_options(jobs))(self.task)
             vectors = _Mapped(str(Path(filename))) if filename else ray.put(np.ascontiguousarray(xb))
             return ray.get([task.remote(job, vectors) for job in jobs])
