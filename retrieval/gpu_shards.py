@@ -28,7 +28,8 @@ from retrieval.shards import LocalShards, ShardOpener, merge_topk
 
 # faiss' GPU IVF-PQ keeps its lookup tables in shared memory: 32-bit ones fit only up to 48 bytes per
 # code on most GPUs; 16-bit ones (faiss' own advice for larger M) fit the 64- and 96-byte codes
-# retr's ivf_pq plans use, at a cost of about 1e-3 in scores.
+# retr's ivf_pq plans use, at a cost of about 1e-3 in scores. (GpuClonerOptions.useFloat16: "for
+# GpuIndexIVFPQ, are intermediate calculations in float16?"; IVF-Flat storage is not affected.)
 FLOAT16_LOOKUP = True
 
 # (CPU index, GPU number) -> the GPU copy; raises RuntimeError for a type faiss has no GPU version of
@@ -54,7 +55,7 @@ def faiss_to_gpu() -> ToGpu:
     """A cloner onto the GPU with one StandardGpuResources (its temporary memory) shared by every shard."""
     resources = faiss.StandardGpuResources()
     options = faiss.GpuClonerOptions()
-    options.useFloat16LookupTables = FLOAT16_LOOKUP
+    options.useFloat16 = FLOAT16_LOOKUP
 
     def to_gpu(index: faiss.Index, gpu: int) -> faiss.Index:
         copy = faiss.index_cpu_to_gpu(resources, gpu, index, options)
