@@ -106,7 +106,8 @@ def index_rows(args: argparse.Namespace) -> tuple[list[IndexRow], str | None]:
     _, gt_test = exact_knn(xb, xq_test, K)
     plans = {p.kind: p for p in choose_index(args.n, args.dim, 1 << 40)}
     n_gpus = faiss_gpu_count()
-    why_not = None if n_gpus else f"faiss {faiss.__version__} has no GPU support (install faiss-gpu-cu12)"
+    why_not = None if n_gpus else (f"faiss {faiss.__version__} sees no GPU" if hasattr(faiss, "StandardGpuResources")
+                                   else f"faiss {faiss.__version__} has no GPU support (install faiss-gpu-cu12)")
     rows = []
     for kind in ("ivf_flat", "ivf_pq"):
         plan = plans[kind]

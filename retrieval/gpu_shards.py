@@ -59,16 +59,13 @@ def faiss_to_gpu() -> ToGpu:
 
     def to_gpu(index: faiss.Index, gpu: int) -> faiss.Index:
         copy = faiss.index_cpu_to_gpu(resources, gpu, index, options)
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:  # the CPU shard's tuned nprobe, which faiss' CPU ParameterSpace cannot set here
+            faiss.GpuParameterSpace().set_index_parameter(copy, "nprobe", int(ivf.nprobe))
         copy.referenced_resources = resources  # the GPU index must not outlive them (SWIG does not track it)
         return copy
 
     return to_gpu
-
-
-def set_gpu_search_param(copy: faiss.Index, info: VectorIndexInfo) -> None:
-    """The collection's tuned nprobe on a GPU copy too (faiss' CPU ParameterSpace does not reach GPU indexes)."""
-    if info.search_param == "nprobe" and hasattr(faiss, "GpuParameterSpace"):
-        faiss.GpuParameterSpace().set_index_parameter(copy, "nprobe", int(info.search_value))
 
 
 class GpuShards(LocalShards):
@@ -87,8 +84,7 @@ class GpuShards(LocalShards):
                 where = f"cpu ({info.kind} has no faiss GPU version)"
             elif shard.ntotal:
                 try:
-                    copy = to_gpu(shard, gpu)
-                    set_gpu_search_param(copy, info)
+                    copy = to_gpu(shard, gpu)  # with the shard's nprobe, set by LocalShards
                     where = "gpu"
                 except RuntimeError as e:  # a size or type this faiss-gpu refuses: the CPU copy answers
                     where = f"cpu ({str(e).strip().splitlines()[-1][:120]})"
