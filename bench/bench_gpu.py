@@ -19,6 +19,17 @@ the GPU copy is searched through `retrieval.gpu_shards` (the `--device cuda` sea
 
 A part with no GPU to run on prints why and leaves its GPU rows out; the CPU rows are still measured,
 so the script runs anywhere. A GPU needs torch with CUDA (embedding) and faiss-gpu-cu12 (index).
+
+Expected output shape (the smoke run on 2 CPU cores; a GPU adds cuda rows and the GPU ÷ CPU columns):
+
+    machine: 2 cores, GPU none, torch 2.13.0+cpu, faiss 1.15.1
+    | device | precision | forward img/s | end-to-end img/s | e2e ÷ forward | ÷ CPU end-to-end | min cos to CPU |
+    | cpu | fp32 | 17.4 | 19.6 | 1.128 | 1.00 | 0.9999 |
+    | index | device | build s | nprobe | recall@10 | QPS | GPU ÷ CPU build | GPU ÷ CPU QPS |
+    | IVF1024,Flat | cpu | 5.7 | 7 | 0.955 | 10895.0 | - | - |
+    | OPQ64_512,IVF256,PQ64np | cpu | 38.1 | 8 | 0.6648 | 7077.1 | - | - |
+    no GPU rows for embedding: torch sees no CUDA GPU
+    no GPU rows for index: faiss 1.15.1 has no GPU support (install faiss-gpu-cu12)
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ docs/scale.md reads them):
     machine: 2 cores, load average 7.0 before the run
     synthetic index: reusing /root/.cache/retr/bench/serve-synthetic-200000-384-retr-imagenet-bridge-s4
     index: 200000 x 384, IDMap2,IVF512,PQ96x4fs,RFlat nprobe=6, 4 shards [51,200 51,200 49,152 48,448]
-    ray: 4 shard actors ready in 2.7 s (local cluster, 2 CPUs)
+    ray: 4 shard actors (1 per shard, 1 search(es) at once each) ready in 2.7 s (local cluster, 2 CPUs);
+    1 client thread(s)
     | batch | returns | local QPS | ray QPS | ray ÷ local | local ms/batch | ray ms/batch |
     |-------|---------|-----------|---------|-------------|----------------|--------------|
     |     1 | ids     |     390.7 |   186.7 |        0.48 |           2.56 |         5.36 |
@@ -127,7 +128,7 @@ def main() -> None:
     config = RaySearchConfig(replicas=args.replicas, concurrency=args.concurrency)
     remote = open_index(folder, shards=ray_shards(config))
     print(f"ray: {len(info.shards) * args.replicas} shard actors ({args.replicas} per shard, {args.concurrency} "
-          f"search(es) at once each) ready in {time.perf_counter() - t:.1f} s (local cluster, {os.cpu_count()} CPUs); "
+          f"search(es) at once each) ready in {time.perf_counter() - t:.1f} s (local cluster, {os.cpu_count()} CPUs);\n"
           f"{args.clients} client thread(s)", flush=True)
     try:
         print("| batch | returns | local QPS | ray QPS | ray ÷ local | local ms/batch | ray ms/batch |")
