@@ -80,10 +80,12 @@ def _index_config(
 def _report(report: build_mod.BuildReport, verb: str) -> None:
     m, e = report.manifest, report.embed
     captions = f" · {m.n_captions} captions" if m.n_captions > m.n_items else ""
+    n_shards = len(m.image.shards)
+    search = f"{m.image.search_param}={m.image.search_value}" if m.image.search_param else "exact search"
     say(
         (verb, "green"),
         f" {m.n_items} items{captions} · model {m.model} · image index {m.image.factory} "
-        f"({len(m.image.shards)} shards, {m.image.search_param or 'exact'}={m.image.search_value or '-'}, "
+        f"({n_shards} shard{'' if n_shards == 1 else 's'}, {search}, "
         f"recall@{m.image.recall_k}={m.image.measured_recall:.3f}) · {report.seconds:.1f}s",
     )
     if e.n_chunks_resumed:
