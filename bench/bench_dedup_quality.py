@@ -17,7 +17,7 @@ copy of each per edit:
 Hard distractors, which are not duplicates: the same emoji drawn by Twemoji and OpenMoji, other
 photos of the same landmark or animal (gcompris and tuxpaint items sharing a key), other drawings with
 the same title (openclipart). Each model embeds every image once (cached per model); `phash` is the
-64-bit DCT hash (indexing/curation/phash.py) scored as 1 - hamming/64; `retr:default#instance` is
+64-bit DCT hash (indexing/phash.py) scored as 1 - hamming/64; `retr:default#instance` is
 retr:default's instance block alone (its last instance_dim dimensions, re-normalised).
 
 Pairs: an original with its copy is a positive; an original with any other original, another
@@ -86,9 +86,9 @@ from indexing.cache import cache_dir
 from indexing.curation.colour import colour_agrees, colour_signatures
 from indexing.curation.dedup import connected_components, exact_duplicates, near_duplicates, pixel_duplicates
 from indexing.curation.dedup_stage import DEFAULT_THRESHOLDS, DedupConfig
-from indexing.curation.phash import HASH_BITS, hamming, phash_file, phash_similarity
 from indexing.curation.result import StageResult
 from indexing.decode import DecodeError, decode_image
+from indexing.phash import HASH_BITS, hamming, phash_file, phash_similarity
 from indexing.sources import Item, read_item_bytes
 from retrieval.training.data import Pair, load_pairs
 

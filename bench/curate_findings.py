@@ -55,10 +55,10 @@ import pyarrow.parquet as pq
 from indexing.cache import cache_dir
 from indexing.curation.dedup import connected_components, near_duplicate_pairs
 from indexing.curation.dedup_stage import DEFAULT_THRESHOLDS
-from indexing.curation.phash import hamming
 from indexing.curation.pool import CURATE_KEY, POOL_ID, VectorSource, read_embeddings
 from indexing.curation.stages import StageSpec, run_stage
 from indexing.embed import EmbedConfig
+from indexing.phash import hamming
 
 TRAINED = ("emoji-google", "emoji-twitter", "openmoji", "flags", "openclipart")  # configs/default.json
 EVAL_ONLY = ("tuxpaint-photos", "gcompris-photos", "skimage-photos")  # never trained on

@@ -28,9 +28,9 @@ import torch
 from tqdm import tqdm
 
 from indexing.atomic import remove_stale_temps, write_json, write_npy, write_parquet
-from indexing.curation.phash import phash
 from indexing.decode import DecodeError, DecodeLimits, decode_image
 from indexing.download import DownloadLimits
+from indexing.phash import phash
 from indexing.sources import Item, read_item_bytes, source_fingerprint
 from indexing.store import REJECT_SCHEMA, caption_table, chunk_paths, item_table, read_job
 from retrieval.encoders.base import Encoder, ImagePreprocess
@@ -73,7 +73,7 @@ class _Loaded:
     width: int = 0
     height: int = 0
     format: str = ""
-    phash: int = 0  # perceptual hash of the decoded pixels (indexing.curation.phash), for pixel-level dedup
+    phash: int = 0  # perceptual hash of the decoded pixels (indexing.phash), for pixel-level dedup
     reason: str = ""
     message: str = ""
 

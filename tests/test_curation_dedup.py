@@ -18,7 +18,7 @@ from indexing.curation import (
     pixel_duplicates,
 )
 from indexing.curation.dedup import pixel_leaks
-from indexing.curation.phash import hamming
+from indexing.phash import hamming
 
 
 def _brute_components(n: int, edges: list[tuple[int, int]]) -> list[set[int]]:
@@ -198,7 +198,7 @@ def test_the_colour_check_tells_a_recoloured_drawing_from_a_copy(tmp_path):
     check keeps both, yet still drops a JPEG re-encode and a half-size copy of the red one."""
     from indexing.curation.colour import colour_agrees, colour_signatures
     from indexing.curation.dedup import pixel_duplicates
-    from indexing.curation.phash import phash_file
+    from indexing.phash import phash_file
 
     paths = [_heart(tmp_path / "red.png", (220, 20, 30)), _heart(tmp_path / "blue.png", (30, 60, 220)),
              _heart(tmp_path / "red_q40.jpg", (220, 20, 30), quality=40),

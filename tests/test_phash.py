@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from indexing.curation.phash import hamming, phash, phash_file, phash_pairs, phash_similarity
+from indexing.curation.phash_pairs import phash_pairs
+from indexing.phash import hamming, phash, phash_file, phash_similarity
 
 skimage_data = pytest.importorskip("skimage.data")
 

@@ -20,8 +20,9 @@ from collections.abc import Callable, Sequence
 import faiss
 import numpy as np
 
-from indexing.curation.phash import hamming, phash_pairs, phash_similarity
+from indexing.curation.phash_pairs import phash_pairs
 from indexing.curation.result import StageResult, dropped_table
+from indexing.phash import hamming, phash_similarity
 
 KEEP_POLICIES = ("first", "largest", "central")
 # A veto on candidate pairs: two arrays of row numbers in, one bool per pair out.
