@@ -164,7 +164,8 @@ def index_build(
             shutil.rmtree(out)
         reranker = _load_reranker(rerank_cache, device) if rerank_cache else None  # a bad spec fails before embedding
         ray_on = bool(ray or ray_address)
-        runner = {**ray_embed_runner(ray_address, model, device), **ray_shard_writer(ray_address)} if ray_on else {}
+        runner = {"runner": ray_embed_runner(ray_address, model, device),
+                  "shard_writer": ray_shard_writer(ray_address)} if ray_on else {}
         with ray_cluster(ray_address) if runner else contextlib.nullcontext():  # one cluster for embed + shards
             report = build_mod.build_index(items, out, encoder, config, source=source, progress=not quiet, **runner)
     except (ValueError, FileNotFoundError) as e:
@@ -197,8 +198,8 @@ def index_add(
         listing = resolve.resolve_source(source, ManifestColumns(image_column, caption_column), progress=not quiet)
         _notes(listing)
         encoder = _load_encoder(manifest.model, device)
-        # the one new shard per collection is written here
-        runner = ray_embed_runner(ray_address, manifest.model, device) if ray or ray_address else {}
+        # embedding on Ray; the one new shard per collection is written in this process
+        runner = {"runner": ray_embed_runner(ray_address, manifest.model, device)} if ray or ray_address else {}
         with ray_cluster(ray_address) if runner else contextlib.nullcontext():
             report = build_mod.add_to_index(listing.items, index, encoder, config, progress=not quiet, **runner)
     except (ValueError, FileNotFoundError) as e:

@@ -70,7 +70,7 @@ def _runner_for(ray: bool, ray_address: str | None, device: str):
     from retrieval.encoders import resolve_device
 
     device = resolve_device(device)  # the actors get the driver's answer to "auto"
-    return lambda spec: ray_embed_runner(ray_address, spec, device)["runner"]
+    return lambda spec: ray_embed_runner(ray_address, spec, device)
 
 
 def _go(spec: StageSpec, device: str, ray: bool, ray_address: str | None) -> None:

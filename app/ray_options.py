@@ -16,19 +16,20 @@ def ray_cluster(address: str | None) -> Any:
     return ray_session(RayConfig(address=address))
 
 
-def ray_embed_runner(address: str | None, model: str, device: str) -> dict:
-    """build_index / add_to_index's `runner`: `model` embedding on Ray actors (one per GPU with cuda)."""
+def ray_embed_runner(address: str | None, model: str, device: str) -> Any:
+    """A RayEmbedRunner: `model` embedding on Ray actors (one per GPU with cuda), for build_index /
+    add_to_index's `runner` and curation's `runner_for`."""
     from indexing.distributed.ray_cluster import RayConfig, import_ray
     from indexing.distributed.ray_embed import RayEmbedRunner, registry_encoder
 
     import_ray()  # the install hint now, before any work
     ray_config = RayConfig(address=address, gpus_per_actor=1.0 if device.startswith("cuda") else 0.0)
-    return {"runner": RayEmbedRunner(registry_encoder(model, device), ray_config)}
+    return RayEmbedRunner(registry_encoder(model, device), ray_config)
 
 
-def ray_shard_writer(address: str | None) -> dict:
-    """build_index's `shard_writer`: each shard written in a Ray task."""
+def ray_shard_writer(address: str | None) -> Any:
+    """A RayShardWriter, build_index's `shard_writer`: each shard written in a Ray task."""
     from indexing.distributed.ray_cluster import RayConfig
     from indexing.distributed.ray_shards import RayShardWriter
 
-    return {"shard_writer": RayShardWriter(RayConfig(address=address))}
+    return RayShardWriter(RayConfig(address=address))

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from indexing.distributed.ray_cluster import init_ray
 from indexing.manifest import VectorIndexInfo
 from retrieval.shards import LocalShards, ShardOpener, merge_topk
 
@@ -120,9 +121,6 @@ class RayShards:
     """A ShardSearcher whose shards are held by Ray actors: fan a batch out to all, merge the answers."""
 
     def __init__(self, index_dir: Path, info: VectorIndexInfo, kind: str, *, config: RaySearchConfig) -> None:
-        # imported here, on the driver: ray_embed imports torch, which the actors (this module) need not load
-        from indexing.distributed.ray_cluster import init_ray
-
         self.info, self.kind, self.config = info, kind, config
         self._ray, _ = init_ray(config.address, config.num_cpus)
         self.groups = shard_groups(len(info.shards), config.shards_per_actor)
@@ -158,16 +156,13 @@ class RayShards:
                 "is free") from None
         except ray.exceptions.RayError as e:
             raise ValueError(f"the {self.kind} shard actors failed to load their shards: {e}") from None
-        for group, counts in zip(self._per_actor(self.groups), held, strict=True):
+        per_actor = [g for g in self.groups for _ in range(self.config.replicas)]  # `actors`' order
+        for group, counts in zip(per_actor, held, strict=True):
             expected = [self.info.shards[i].n for i in group]
             if counts != expected:
                 files = [self.info.shards[i].file for i in group]
                 raise ValueError(f"a shard actor read {files} with {counts} vectors where index.json says "
                                  f"{expected}: does every node see the same index folder?")
-
-    def _per_actor(self, per_group: list) -> list:
-        """A per-group list repeated for each replica, in `self.actors`' order."""
-        return [x for x in per_group for _ in range(self.config.replicas)]
 
     def replicas_of(self, g: int, turn: int = 0) -> list[Any]:
         """The actors holding group `g`, in the order search number `turn` asks them (a turn per search)."""
